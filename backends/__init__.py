@@ -1,0 +1,1 @@
+"""portaft's built-in backends, registered through the `portaft` entry-point group."""

@@ -1,0 +1,27 @@
+"""portaft: one fine-tuning recipe, any accelerator.
+
+    import portaft
+    result = portaft.run("examples/self_identity.yaml", backend="cpu")
+
+Plugins import one name: ``from portaft import hookimpl``.
+"""
+
+from .errors import BackendUnavailable, RecipeError, UserError
+from .hookspecs import hookimpl
+from .plugins import get_backend
+from .recipe import Recipe, load_recipe
+from .runner import RunResult, run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailable",
+    "Recipe",
+    "RecipeError",
+    "RunResult",
+    "UserError",
+    "get_backend",
+    "hookimpl",
+    "load_recipe",
+    "run",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from portaft.cli import main
+
+sys.exit(main())

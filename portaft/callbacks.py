@@ -1,0 +1,26 @@
+"""Training callbacks portaft adds to every backend's Trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers.trainer_callback import ProgressCallback
+
+
+class ReadableProgress(ProgressCallback):
+    """transformers' progress bar, with log lines written for people instead of dicts."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return super().on_log(args, state, control, logs=logs, **kwargs)
+        parts = [f"step {state.global_step}/{state.max_steps}"]
+        for key, label, spec in (("loss", "loss", ".4f"), ("grad_norm", "grad_norm", ".3f"),
+                                 ("learning_rate", "lr", ".2e"), ("epoch", "epoch", ".2f"),
+                                 ("train_loss", "mean loss", ".4f"), ("train_runtime", "seconds", ".1f")):
+            if key in logs:
+                value = logs[key]
+                try:
+                    parts.append(f"{label} {float(value):{spec}}")
+                except (TypeError, ValueError):
+                    parts.append(f"{label} {value}")
+        self.training_bar.write("  ".join(parts))

@@ -1,0 +1,18 @@
+"""portaft run RECIPE [--backend NAME] [key.path=value ...]"""
+
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("run", help="fine-tune as a recipe says")
+    p.add_argument("recipe", help="path to the recipe YAML")
+    p.add_argument("overrides", nargs="*", metavar="key.path=value", help="e.g. lora.r=16 train.max_steps=10")
+    p.add_argument("--backend", help="cpu, cuda, npu, a plugin's, or auto (overrides the recipe)")
+    p.set_defaults(handler=handle)
+
+
+def handle(args) -> int:
+    from portaft.runner import run
+
+    run(args.recipe, backend=args.backend, overrides=args.overrides)
+    return 0

@@ -1,0 +1,32 @@
+"""The hooks a portaft plugin can implement.
+
+Every hook is a verb that receives a `register` callback: portaft collects,
+de-duplicates and names what plugins register. pluggy calls hooks with keyword
+arguments only, and an implementation may accept fewer arguments than the spec.
+"""
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("portaft")
+hookimpl = pluggy.HookimplMarker("portaft")
+
+
+@hookspec
+def register_backends(register):
+    """Register training backends.
+
+    :param register: call ``register(backend)`` once per backend. ``backend`` is any
+        object with the attributes and methods of :class:`portaft.protocols.Backend`
+        (no base class needed); its ``name`` is what recipes and ``--backend`` use.
+    """
+
+
+@hookspec
+def register_templates(register):
+    """Register named chat templates.
+
+    :param register: call ``register(name, chat_template)`` where ``chat_template`` is
+        a Jinja template in the ``tokenizer.chat_template`` dialect (``messages``,
+        ``bos_token``, ``eos_token``, ``add_generation_prompt``). Recipes pick it with
+        ``template: NAME``.
+    """

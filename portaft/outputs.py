@@ -1,0 +1,40 @@
+"""What a run leaves next to its adapter: the effective recipe and the run record."""
+
+from __future__ import annotations
+
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .recipe import Recipe, dump_recipe
+
+RECIPE_FILE = "portaft_recipe.yaml"
+RUN_FILE = "portaft_run.json"
+LIBRARIES = ("portaft", "torch", "transformers", "peft", "accelerate", "datasets", "torch_npu", "openmind")
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_recipe(output_dir: Path, recipe: Recipe, notes: list[str]) -> Path:
+    header = "# The effective recipe portaft ran (defaults spelled out).\n"
+    if notes:
+        header += "# Changes the backend made to the recipe as written:\n" + "".join(f"#   - {n}\n" for n in notes)
+    path = output_dir / RECIPE_FILE
+    path.write_text(header + dump_recipe(recipe), encoding="utf-8")
+    return path
+
+
+def write_run(output_dir: Path, record: dict[str, Any]) -> Path:
+    path = output_dir / RUN_FILE
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    return path

@@ -1,0 +1,211 @@
+"""Finding plugins (entry-point group "portaft") and collecting what they register.
+
+Built-in backends and templates arrive through the same entry points a third-party
+package uses. A plugin that fails to import is recorded as broken and skipped; the
+others still load. `PORTAFT_LOAD_PLUGINS=dist-a,dist-b` limits which third-party
+distributions load (portaft's own always do), to rule a broken plugin out.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import BackendUnavailable, UserError
+from .protocols import BACKEND_MEMBERS
+
+GROUP = "portaft"
+CORE_DISTRIBUTION = "portaft"
+
+
+@dataclass
+class PluginInfo:
+    name: str  # entry-point name
+    distribution: str
+    version: str
+    module: str
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None  # set when the plugin is broken
+
+
+class Plugins:
+    """One plugin manager plus what its plugins registered. Build a fresh one per test."""
+
+    def __init__(self, entry_points: list[importlib.metadata.EntryPoint] | None = None):
+        self.manager = pluggy.PluginManager(GROUP)
+        self.manager.add_hookspecs(hookspecs)
+        self.info: list[PluginInfo] = []
+        self.problems: list[str] = []  # registered objects that were refused
+        self._backends: dict[str, Any] | None = None
+        self._templates: dict[str, str] | None = None
+        for ep in entry_points if entry_points is not None else _entry_points():
+            self._load(ep)
+
+    def _load(self, ep: importlib.metadata.EntryPoint) -> None:
+        dist = ep.dist.name if ep.dist else "?"
+        info = PluginInfo(ep.name, dist, ep.dist.version if ep.dist else "?", ep.value)
+        self.info.append(info)
+        try:
+            module = ep.load()
+            self.manager.register(module, name=ep.name)
+        except Exception as exc:  # a broken plugin must not stop the others
+            info.error = f"{type(exc).__name__}: {exc}"
+            return
+        try:
+            self.manager.check_pending()
+        except pluggy.PluginValidationError as exc:
+            self.manager.unregister(name=ep.name)
+            info.error = f"implements a hook portaft does not have: {exc}"
+            return
+        info.hooks = sorted(h.name for h in self.manager.get_hookcallers(module) or [])
+
+    def register(self, plugin: object, name: str) -> None:
+        """Register an in-process plugin (a module or object with hookimpls)."""
+        self.manager.register(plugin, name=name)
+        self.manager.check_pending()
+        self.info.append(PluginInfo(name, "(in process)", "", getattr(plugin, "__name__", repr(plugin)),
+                                    sorted(h.name for h in self.manager.get_hookcallers(plugin) or [])))
+        self._backends = self._templates = None
+
+    # --- backends ----------------------------------------------------------------------
+
+    @property
+    def backends(self) -> dict[str, Any]:
+        """Backends by name, highest priority first. On a name clash portaft's own
+        backend wins, else the plugin registered first; the loser is reported."""
+        if self._backends is None:
+            offered: list[Any] = []
+            self.manager.hook.register_backends(register=offered.append)
+            offered.reverse()  # pluggy calls the last-registered plugin first
+            offered.sort(key=lambda backend: _provider(backend) != CORE_DISTRIBUTION)
+            found: dict[str, Any] = {}
+            for backend in offered:
+                missing = [m for m in BACKEND_MEMBERS if not hasattr(backend, m)]
+                name = getattr(backend, "name", repr(backend))
+                if missing:
+                    self.problems.append(f"backend {name!r} from {_provider(backend)} was refused: it lacks {', '.join(missing)}.")
+                elif name in found:
+                    self.problems.append(
+                        f"backend {name!r} from {_provider(backend)} was refused: {_provider(found[name])} already registers that name."
+                    )
+                else:
+                    found[name] = backend
+            self._backends = dict(sorted(found.items(), key=lambda kv: -kv[1].priority))
+        return self._backends
+
+    def get_backend(self, name: str) -> Any:
+        """The backend called `name`, available or not; UserError if none has that name."""
+        try:
+            return self.backends[name]
+        except KeyError:
+            known = ", ".join(self.backends) or "none"
+            broken = [p.name for p in self.info if p.error]
+            extra = f" Broken plugins (see `portaft plugins`): {', '.join(broken)}." if broken else ""
+            raise UserError(f"unknown backend {name!r}. Known backends: {known}.{extra}") from None
+
+    def select_backend(self, name: str) -> Any:
+        """`auto` = the available backend with the highest priority; a name must be available."""
+        if name == "auto":
+            for backend in self.backends.values():
+                if backend.is_available():
+                    return backend
+            raise BackendUnavailable("no backend is available here; run `portaft backends` to see why each is not.")
+        backend = self.get_backend(name)
+        if not backend.is_available():
+            raise BackendUnavailable(
+                f"backend {name!r} is not available: {backend.unavailable_reason()}. "
+                f"portaft does not fall back to another device; choose one that `portaft backends` lists as available."
+            )
+        return backend
+
+    def describe_backends(self) -> list[dict[str, Any]]:
+        rows = []
+        for backend in self.backends.values():
+            available = bool(backend.is_available())
+            rows.append({
+                "name": backend.name,
+                "available": available,
+                "reason": None if available else backend.unavailable_reason(),
+                "priority": backend.priority,
+                "device_type": backend.device_type,
+                "distribution": _provider(backend),
+            })
+        return rows
+
+    # --- templates ---------------------------------------------------------------------
+
+    @property
+    def templates(self) -> dict[str, str]:
+        if self._templates is None:
+            found: dict[str, str] = {}
+
+            def register(name: str, chat_template: str) -> None:
+                if name in found:
+                    self.problems.append(f"template {name!r} registered twice; the first one is kept.")
+                else:
+                    found[name] = chat_template
+
+            self.manager.hook.register_templates(register=register)
+            self._templates = found
+        return self._templates
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    allowed = os.environ.get("PORTAFT_LOAD_PLUGINS")
+    eps = sorted(importlib.metadata.entry_points(group=GROUP), key=lambda ep: ep.name)
+    if allowed is None:
+        return list(eps)
+    names = {n.strip() for n in allowed.split(",") if n.strip()} | {CORE_DISTRIBUTION}
+    return [ep for ep in eps if ep.dist is not None and ep.dist.name in names]
+
+
+def _provider(obj: Any) -> str:
+    """The distribution that ships the object's module (e.g. 'portaft')."""
+    top = type(obj).__module__.split(".")[0]
+    dists = importlib.metadata.packages_distributions().get(top)
+    return dists[0] if dists else top
+
+
+_current: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugin set, loaded on first use."""
+    global _current
+    if _current is None:
+        _current = Plugins()
+    return _current
+
+
+def reset_plugins() -> None:
+    """Forget loaded plugins, so the next get_plugins() reads entry points again."""
+    global _current
+    _current = None
+
+
+def backend_names() -> list[str]:
+    return list(get_plugins().backends)
+
+
+def template_names() -> list[str]:
+    return list(get_plugins().templates)
+
+
+def get_backend(name: str) -> Any:
+    return get_plugins().get_backend(name)
+
+
+def choose_backend(recipe: Any, explicit: str | None = None) -> Any:
+    """Explicit argument > recipe `backend:` > $PORTAFT_BACKEND > auto."""
+    if explicit:
+        name = explicit
+    elif recipe.backend != "auto":
+        name = recipe.backend
+    else:
+        name = os.environ.get("PORTAFT_BACKEND") or "auto"
+    return get_plugins().select_backend(name)

@@ -1,0 +1,265 @@
+"""The recipe: one YAML file that says what to fine-tune, on what data, how.
+
+`load_recipe` reads a path, dict or Recipe, applies `a.b=c` overrides and validates
+everything at once: every problem is reported together, each with its YAML path
+and (for files) its line.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from .errors import RecipeError, UserError
+from .yamlpaths import format_path, load_yaml_with_lines, nearest_line
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name_or_path: str = Field(description="Local folder or hub id of the base model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights' dtype when loaded; auto = the backend's choice for its hardware."
+    )
+    trust_remote_code: bool = False
+
+
+class DataSource(_Section):
+    path: str = Field(description="A JSON or JSONL file.")
+    format: Literal["auto", "xtuner"] = Field(
+        "auto", description="auto = detect from the first record; xtuner = XTuner/EmoLLM `conversation`."
+    )
+
+
+class LoraSection(_Section):
+    r: int = Field(8, gt=0, description="Rank: higher = more capacity, more memory.")
+    alpha: float = Field(16, gt=0, description="Scale of the update is alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    bias: Literal["none", "all", "lora_only"] = "none"
+
+
+class Recipe(_Section):
+    backend: str = Field("auto", description="cpu, cuda, npu, a plugin's backend, or auto.")
+    model: ModelSection
+    data: list[DataSource] = Field(min_length=1)
+    template: str = Field(
+        "auto", description="Chat template: auto, tokenizer (its own chat_template), or a registered name."
+    )
+    max_length: int = Field(1024, gt=0, description="Samples longer than this are truncated (and counted).")
+    lora: LoraSection = Field(default_factory=LoraSection)
+    train: dict[str, Any] = Field(description="transformers TrainingArguments, by their own names.")
+    eval_prompts: list[str] = Field(
+        default_factory=list, description="Questions answered greedily before and after training."
+    )
+
+
+# --- the `train` section is checked against the installed TrainingArguments ----------
+
+@functools.cache
+def _training_arguments_schema() -> type[BaseModel]:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(TrainingArguments):
+        if field.init:
+            fields[field.name] = (hints[field.name] | None, None)
+    fields["output_dir"] = (str, ...)  # required: portaft never picks a folder silently
+    return create_model(
+        "TrainSection",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **fields,
+    )
+
+
+# --- loading -----------------------------------------------------------------------
+
+RecipeSource = typing.Union[str, Path, dict, Recipe]
+
+
+def load_recipe(source: RecipeSource, overrides: typing.Sequence[str] = ()) -> Recipe:
+    """Read and validate a recipe; raise RecipeError listing every problem."""
+    lines: dict = {}
+    if isinstance(source, Recipe):
+        data, name = source.model_dump(), "recipe"
+    elif isinstance(source, dict):
+        data, name = copy.deepcopy(source), "recipe"
+    else:
+        path = Path(source)
+        data, lines = load_yaml_with_lines(path)
+        name = str(path)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise UserError(f"{name}: a recipe is a YAML mapping (model:, data:, train: ...), not a {type(data).__name__}.")
+    overridden = apply_overrides(data, overrides)
+    return validate(data, name, lines, overridden)
+
+
+def validate(data: dict, name: str, lines: dict, overridden: dict[tuple, str] | None = None) -> Recipe:
+    overridden = overridden or {}
+    problems: list[tuple[tuple, str]] = []
+    train_raw = data.get("train")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        recipe = None
+        problems += [(tuple(err["loc"]), _describe(err, Recipe)) for err in exc.errors()]
+    if isinstance(train_raw, dict):
+        schema = _training_arguments_schema()
+        try:
+            train = schema.model_validate(train_raw).model_dump(exclude_unset=True)
+            if recipe is not None:
+                recipe.train = train
+        except ValidationError as exc:
+            recipe = None
+            problems += [(("train",) + tuple(err["loc"]), _describe(err, schema)) for err in exc.errors()]
+    if recipe is not None:
+        problems += _check_references(recipe)
+    if problems:
+        raise RecipeError(name, [_locate(path, msg, name, lines, overridden) for path, msg in problems])
+    return recipe
+
+
+def _describe(err: dict, model: type[BaseModel]) -> str:
+    if err["type"] == "extra_forbidden":
+        siblings = _field_names_at(model, tuple(err["loc"][:-1]))
+        hint = difflib.get_close_matches(str(err["loc"][-1]), siblings, n=1)
+        suggestion = f" Did you mean `{hint[0]}`?" if hint else ""
+        return f"unknown key.{suggestion} Remove it or fix its spelling."
+    if err["type"] == "missing":
+        return "required, but missing. Add it."
+    got = err.get("input")
+    shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+    return f"{err['msg']}{shown}."
+
+
+def _field_names_at(model: type[BaseModel], path: tuple) -> list[str]:
+    for part in path:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        inner = [a for a in typing.get_args(annotation) or (annotation,) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return []
+        model = inner[0]
+    return list(model.model_fields)
+
+
+def _locate(path: tuple, message: str, name: str, lines: dict, overridden: dict[tuple, str]) -> str:
+    for end in range(len(path), 0, -1):
+        if path[:end] in overridden:
+            return f"{format_path(path)}: {message} (from the override `{overridden[path[:end]]}`)"
+    line = nearest_line(lines, path)
+    where = f"{name}:{line}" if line else name
+    return f"{where}: {format_path(path)}: {message}"
+
+
+def _check_references(recipe: Recipe) -> list[tuple[tuple, str]]:
+    """Problems that need the plugin registries or the file system, not just types."""
+    from . import plugins
+
+    problems = []
+    backends = plugins.backend_names()
+    if recipe.backend != "auto" and recipe.backend not in backends:
+        problems.append((("backend",), f"unknown backend {recipe.backend!r}. Known: auto, {', '.join(backends)}."))
+    templates = plugins.template_names()
+    if recipe.template not in ("auto", "tokenizer", *templates):
+        problems.append(
+            (("template",), f"unknown template {recipe.template!r}. Choose auto, tokenizer, or one of: {', '.join(templates)}.")
+        )
+    for index, source in enumerate(recipe.data):
+        if not Path(source.path).exists():
+            problems.append(
+                (("data", index, "path"), f"file not found: {source.path} (relative paths start at {Path.cwd()}).")
+            )
+    return problems
+
+
+# --- overrides ------------------------------------------------------------------------
+
+def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict[tuple, str]:
+    """Apply `a.b=c` overrides in place; return {path: override text} for messages."""
+    applied: dict[tuple, str] = {}
+    for text in overrides:
+        key, sep, raw = text.partition("=")
+        if not sep or not key:
+            raise UserError(f"override `{text}`: write it as key.path=value, e.g. lora.r=16 or train.learning_rate=1e-4.")
+        path = tuple(int(p) if p.isdigit() else p for p in key.split("."))
+        value = raw if _wants_text(path) else _parse_value(raw)
+        _set_path(data, path, value, text)
+        applied[path] = text
+    return applied
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        return raw
+
+
+def _wants_text(path: tuple) -> bool:
+    """True where the schema expects a plain string, so `template=123` stays '123'."""
+    model: Any = Recipe
+    for depth, part in enumerate(path):
+        if model is None or isinstance(part, int):
+            continue
+        if model is Recipe and part == "train":
+            if depth + 1 != len(path) - 1:
+                return False
+            field = _training_arguments_schema().model_fields.get(path[-1])
+            return field is not None and _is_text(field.annotation)
+        field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
+        if field is None:
+            return False
+        annotation = field.annotation
+        if depth == len(path) - 1:
+            return _is_text(annotation)
+        args = typing.get_args(annotation) or (annotation,)
+        model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return False
+
+
+def _is_text(annotation: Any) -> bool:
+    args = [a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
+    return args == [str]
+
+
+def _set_path(data: Any, path: tuple, value: Any, text: str) -> None:
+    node = data
+    for depth, part in enumerate(path[:-1]):
+        if isinstance(part, int):
+            if not isinstance(node, list) or part >= len(node):
+                raise UserError(f"override `{text}`: {format_path(path[:depth])} has no item [{part}].")
+            node = node[part]
+        else:
+            if not isinstance(node, dict):
+                raise UserError(f"override `{text}`: {format_path(path[:depth])} is not a mapping.")
+            node = node.setdefault(part, {})
+    last = path[-1]
+    if isinstance(last, int):
+        if not isinstance(node, list) or last >= len(node):
+            raise UserError(f"override `{text}`: {format_path(path[:-1])} has no item [{last}].")
+        node[last] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise UserError(f"override `{text}`: {format_path(path[:-1])} is not a mapping.")
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML, every default spelled out (what `portaft_recipe.yaml` holds)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,110 @@
+"""The spine of a run, top to bottom as ARCHITECTURE.md lists the steps."""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .recipe import RecipeSource, load_recipe
+
+
+@dataclass
+class RunResult:
+    output_dir: Path
+    backend: str
+    notes: list[str]
+    metrics: dict[str, Any]
+    log_history: list[dict]
+    samples_before: list[dict] = field(default_factory=list)
+    samples_after: list[dict] = field(default_factory=list)
+
+
+def run(
+    recipe: RecipeSource,
+    backend: str | None = None,
+    overrides: Sequence[str] = (),
+    echo: Callable[[str], None] = print,
+) -> RunResult:
+    """Fine-tune as the recipe says; return where the adapter went and what happened.
+
+    `recipe` is a YAML path, a dict or a Recipe; `backend` overrides the recipe's.
+    """
+    from transformers.trainer_callback import ProgressCallback
+
+    from . import data
+    from .adapters import apply_lora, trainable_summary
+    from .callbacks import ReadableProgress
+    from .outputs import library_versions, write_recipe, write_run
+    from .plugins import choose_backend, get_plugins
+
+    started = time.time()
+    # 1. recipe
+    recipe = load_recipe(recipe, overrides)
+    # 2. backend
+    chosen = choose_backend(recipe, backend)
+    echo(f"portaft: backend {chosen.name} (device {chosen.device_type})")
+    # 3. resolve: the recipe this backend really runs, every change reported
+    effective, notes = chosen.resolve(recipe)
+    effective.backend = chosen.name
+    # 4. tokenizer + model
+    tokenizer = chosen.load_tokenizer(effective)
+    notes += data.prepare_tokenizer(tokenizer)
+    for note in notes:
+        echo(f"portaft: {note}")
+    # 5. data
+    dataset, reports, (template_name, template) = data.build(effective, tokenizer, get_plugins().templates)
+    for r in reports:
+        echo(f"portaft: data {r.path} ({r.format}): {r.samples} samples, {r.tokens} tokens "
+             f"({r.trained_tokens} trained), {r.truncated} truncated at {effective.max_length}, {r.dropped} dropped")
+    collator = chosen.collator(tokenizer) or data.Seq2SeqCollator(tokenizer)
+    model = chosen.load_model(effective)
+    model = apply_lora(model, effective.lora, bool(effective.train.get("gradient_checkpointing")))
+    echo(f"portaft: {trainable_summary(model)}")
+    # 6. train
+    output_dir = Path(effective.train["output_dir"])
+    args = chosen.training_arguments(**{"remove_unused_columns": False, **effective.train})
+    trainer = chosen.trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, tokenizer=tokenizer)
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(ReadableProgress)
+    ask = functools.partial(_answer_and_show, tokenizer=tokenizer, template=template,
+                            prompts=effective.eval_prompts, device=args.device, echo=echo)
+    before = ask("before training", trainer.model)
+    output = trainer.train()
+    after = ask("after training", trainer.model)
+    # 7. save: adapter + tokenizer (carrying the template it was trained with), recipe, record
+    tokenizer.chat_template = template
+    output_dir.mkdir(parents=True, exist_ok=True)
+    trainer.save_model(str(output_dir))
+    tokenizer.save_pretrained(str(output_dir))
+    write_recipe(output_dir, effective, notes)
+    result = RunResult(output_dir, chosen.name, notes, dict(output.metrics), list(trainer.state.log_history), before, after)
+    write_run(output_dir, {
+        "backend": chosen.name,
+        "device": str(args.device),
+        "template": template_name,
+        "versions": library_versions(),
+        "notes": notes,
+        "data": data.report_rows(reports),
+        "metrics": result.metrics,
+        "log_history": result.log_history,
+        "samples": {"before": before, "after": after},
+        "seconds": round(time.time() - started, 1),
+    })
+    echo(f"portaft: adapter saved in {output_dir}")
+    return result
+
+
+def _answer_and_show(when: str, model: Any, *, tokenizer: Any, template: str, prompts: list[str],
+                     device: Any, echo: Callable[[str], None]) -> list[dict]:
+    from .samples import answer_prompts
+
+    if not prompts:
+        return []
+    model.to(device)  # before training the Trainer has not placed the model yet
+    answers = answer_prompts(model, tokenizer, template, prompts)
+    for item in answers:
+        echo(f"portaft: {when}: Q: {item['prompt']}\n         A: {item['answer']}")
+    return answers

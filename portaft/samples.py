@@ -1,0 +1,31 @@
+"""Greedy answers to the recipe's `eval_prompts`, rendered with the run's chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .data.templates import render
+
+
+def answer_prompts(model: Any, tokenizer: Any, template: str, prompts: list[str], max_new_tokens: int = 48) -> list[dict]:
+    import torch
+
+    answers = []
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    for prompt in prompts:
+        text = render(tokenizer, template, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
+        with torch.no_grad():
+            out = model.generate(
+                **ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers.append({"prompt": prompt, "answer": answer.strip()})
+    model.train(was_training)
+    return answers

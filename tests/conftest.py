@@ -1,0 +1,73 @@
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from portaft import plugins
+from portaft.testing import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-deepseek")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_model)
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugins():
+    """Every test starts from freshly loaded entry points."""
+    plugins.reset_plugins()
+    yield
+    plugins.reset_plugins()
+
+
+@pytest.fixture
+def conversation_file(tmp_path) -> Path:
+    path = tmp_path / "identity.jsonl"
+    rows = [
+        {"conversation": [{"system": "你是黄大力的智能助手。", "input": "你是谁？", "output": "我是黄大力的智能助手。"}]},
+        {"conversation": [{"input": "Who made you?", "output": "Huang Dali made me."},
+                          {"input": "What can you do?", "output": "Answer questions."}]},
+    ] * 4
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def recipe_dict(tiny_model, conversation_file, tmp_path) -> dict:
+    return {
+        "model": {"name_or_path": str(tiny_model)},
+        "data": [{"path": str(conversation_file)}],
+        "template": "deepseek",
+        "max_length": 64,
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {
+            "output_dir": str(tmp_path / "out"),
+            "max_steps": 4,
+            "per_device_train_batch_size": 4,
+            "learning_rate": 5e-3,
+            "logging_steps": 1,
+            "save_steps": 2,
+            "report_to": "none",
+            "seed": 1,
+        },
+    }
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    def write(data: dict | str, name: str = "recipe.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        return path
+
+    return write

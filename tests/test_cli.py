@@ -1,0 +1,84 @@
+"""The command line: exit codes and messages a user sees."""
+
+import json
+import os
+import subprocess
+import sys
+
+import yaml
+
+
+def portaft(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "portaft", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_validate_accepts_a_good_recipe(write_recipe, recipe_dict):
+    done = portaft("validate", write_recipe(recipe_dict))
+    assert done.returncode == 0, done.stderr
+    assert "valid" in done.stdout
+
+
+def test_validate_lists_every_problem_and_exits_2_without_traceback(write_recipe, recipe_dict):
+    recipe_dict["lora"]["r"] = 0
+    recipe_dict["train"]["learnin_rate"] = 1
+    path = write_recipe(recipe_dict)
+    done = portaft("validate", path)
+    assert done.returncode == 2
+    assert "2 problems" in done.stderr and "lora.r" in done.stderr and "train.learnin_rate" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_validate_loads_no_model(write_recipe, recipe_dict):
+    recipe_dict["model"]["name_or_path"] = "/nonexistent/model"
+    done = portaft("validate", write_recipe(recipe_dict))
+    assert done.returncode == 0, done.stderr
+
+
+def test_run_on_an_unavailable_backend_exits_2(write_recipe, recipe_dict):
+    done = portaft("run", write_recipe(recipe_dict), "--backend", "npu")
+    assert done.returncode == 2
+    assert "backend 'npu' is not available: torch_npu is not installed" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_run_with_an_unknown_backend_exits_2(write_recipe, recipe_dict):
+    done = portaft("run", write_recipe(recipe_dict), "--backend", "tpu")
+    assert done.returncode == 2 and "unknown backend 'tpu'" in done.stderr
+
+
+def test_run_with_a_missing_model_folder_exits_2(write_recipe, recipe_dict, tmp_path):
+    done = portaft("run", write_recipe(recipe_dict), f"model.name_or_path={tmp_path / 'no-model'}", "--backend", "cpu",
+                   env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2, done.stderr
+    assert "model.name_or_path: cannot load the tokenizer" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_recipe_file_exits_2():
+    done = portaft("run", "nowhere.yaml")
+    assert done.returncode == 2 and "recipe file not found" in done.stderr
+
+
+def test_backends_json_lists_availability_reason_priority_and_distribution():
+    done = portaft("backends", "--json")
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    assert rows["cpu"]["available"] is True and rows["cpu"]["reason"] is None
+    assert rows["npu"]["available"] is False and "torch_npu is not installed" in rows["npu"]["reason"]
+    assert rows["cuda"]["distribution"] == "portaft" and rows["cuda"]["priority"] == 50
+
+
+def test_plugins_json_lists_hooks():
+    done = portaft("plugins", "--json")
+    infos = {i["name"]: i for i in json.loads(done.stdout)}
+    assert infos["templates"]["hooks"] == ["register_templates"]
+    assert infos["cpu"]["distribution"] == "portaft" and infos["cpu"]["error"] is None
+
+
+def test_run_trains_and_accepts_overrides(write_recipe, recipe_dict, tmp_path):
+    out = tmp_path / "cli-out"
+    done = portaft("run", write_recipe(recipe_dict), "train.max_steps=2", f"train.output_dir={out}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    effective = yaml.safe_load((out / "portaft_recipe.yaml").read_text(encoding="utf-8"))
+    assert effective["train"]["max_steps"] == 2
+    assert (out / "adapter_model.safetensors").is_file()

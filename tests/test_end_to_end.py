@@ -1,0 +1,96 @@
+"""A real LoRA fine-tune of the tiny model on the CPU, and what it leaves behind."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+import portaft
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    data = tmp / "identity.jsonl"
+    rows = [{"conversation": [{"system": "你是黄大力的智能助手。", "input": q, "output": "我是黄大力的智能助手。"}]}
+            for q in ("你是谁？", "你叫什么？", "介绍一下你自己。", "Who are you?")]
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    recipe = {
+        "model": {"name_or_path": str(tiny_model)},
+        "data": [{"path": str(data)}],
+        "template": "deepseek",
+        "max_length": 64,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"output_dir": str(tmp / "out"), "max_steps": 12, "per_device_train_batch_size": 4,
+                  "learning_rate": 1e-2, "logging_steps": 1, "save_steps": 6, "report_to": "none", "seed": 7},
+        "eval_prompts": ["你是谁？"],
+    }
+    lines: list[str] = []
+    result = portaft.run(recipe, backend="cpu", echo=lines.append)
+    return result, lines, tiny_model
+
+
+def test_loss_falls(trained):
+    result, _, _ = trained
+    losses = [entry["loss"] for entry in result.log_history if "loss" in entry]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
+
+
+def test_output_folder_holds_adapter_checkpoints_recipe_and_record(trained):
+    result, _, _ = trained
+    out = result.output_dir
+    for name in ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json",
+                 "portaft_recipe.yaml", "portaft_run.json"):
+        assert (out / name).is_file(), name
+    assert (out / "checkpoint-6").is_dir() and (out / "checkpoint-12").is_dir()
+    effective = yaml.safe_load((out / "portaft_recipe.yaml").read_text(encoding="utf-8"))
+    assert effective["backend"] == "cpu" and effective["model"]["dtype"] == "float32"
+    assert effective["train"]["use_cpu"] is True
+    record = json.loads((out / "portaft_run.json").read_text(encoding="utf-8"))
+    assert record["backend"] == "cpu" and record["template"] == "deepseek"
+    assert {"torch", "transformers", "peft", "python"} <= set(record["versions"])
+    assert record["data"][0]["samples"] == 4
+    assert record["metrics"]["train_loss"] > 0
+    assert [e["step"] for e in record["log_history"] if "loss" in e] == list(range(1, 13))
+    assert any("model.dtype: auto -> float32" in n for n in record["notes"])
+
+
+def test_saved_tokenizer_carries_the_training_template(trained):
+    from transformers import AutoTokenizer
+
+    from portaft.data.templates import DEEPSEEK
+
+    result, _, _ = trained
+    assert AutoTokenizer.from_pretrained(result.output_dir).chat_template == DEEPSEEK
+
+
+def test_adapter_loads_with_plain_peft_and_reproduces_the_trained_model(trained):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result, _, tiny_model = trained
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    probe = torch.tensor([[0, 53, 271, 6756, 28]])
+    with torch.no_grad():
+        before = base(probe).logits
+        model = PeftModel.from_pretrained(base, result.output_dir)
+        after = model(probe).logits
+    assert not torch.allclose(before, after)  # the adapter changes the model
+    record = json.loads((result.output_dir / "portaft_run.json").read_text(encoding="utf-8"))
+    # the answer portaft printed after training is what plain peft + transformers generate
+    from portaft.samples import answer_prompts
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(result.output_dir)
+    again = answer_prompts(model, tokenizer, tokenizer.chat_template, ["你是谁？"])
+    assert again == record["samples"]["after"]
+
+
+def test_run_prints_samples_before_and_after(trained):
+    result, lines, _ = trained
+    text = "\n".join(lines)
+    assert "before training: Q: 你是谁？" in text and "after training: Q: 你是谁？" in text
+    assert result.samples_before[0]["answer"] != result.samples_after[0]["answer"]
+    assert "backend cpu" in lines[0]
