@@ -7,11 +7,12 @@ from typing import Any
 
 
 def model_dtype_kwargs(dtype: Any) -> dict[str, Any]:
-    """transformers 4.56 renamed from_pretrained's `torch_dtype` to `dtype`."""
-    from transformers import PreTrainedModel
+    """transformers 4.56 renamed from_pretrained's `torch_dtype` to `dtype` (a **kwargs key)."""
+    import transformers
+    from packaging.version import Version
 
-    params = inspect.signature(PreTrainedModel.from_pretrained).parameters
-    return {"dtype": dtype} if "dtype" in params else {"torch_dtype": dtype}
+    renamed = Version(transformers.__version__).release >= (4, 56)
+    return {"dtype": dtype} if renamed else {"torch_dtype": dtype}
 
 
 def trainer_kwargs(trainer_cls: type, tokenizer: Any) -> dict[str, Any]:
