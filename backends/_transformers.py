@@ -12,9 +12,6 @@ from typing import Any, Callable
 from portaft.errors import UserError
 from portaft.recipe import Recipe
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
-
-
 @dataclass
 class DevicePolicy:
     """The hardware facts a backend needs, answered by its device module."""
@@ -89,7 +86,7 @@ class TransformersBackend:
 
         from portaft.compat import model_dtype_kwargs
 
-        dtype = getattr(torch, DTYPES[recipe.model.dtype])
+        dtype = getattr(torch, recipe.model.dtype)  # resolve() has replaced "auto" by a torch dtype name
         return _load("model", recipe, lambda: AutoModelForCausalLM.from_pretrained(
             recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code, **model_dtype_kwargs(dtype)))
 

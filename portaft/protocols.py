@@ -13,7 +13,7 @@ class Backend(Protocol):
     """A place to train: its libraries (Auto classes, Trainer) and its hardware."""
 
     name: str  # what recipes and --backend call it
-    device_type: str  # torch device type it trains on: "cpu", "cuda", "npu", ...
+    device_type: str  # the torch device type it trains on, e.g. cpu, cuda, npu
     priority: int  # `backend: auto` picks the available backend with the highest
     distributed_backend: str  # torch.distributed backend: gloo, nccl, hccl
 
