@@ -43,6 +43,7 @@ class Plugins:
         self.problems: list[str] = []  # registered objects that were refused
         self._backends: dict[str, Any] | None = None
         self._templates: dict[str, str] | None = None
+        self._distributions: dict[str, list[str]] | None = None
         for ep in entry_points if entry_points is not None else _entry_points():
             self._load(ep)
 
@@ -72,6 +73,14 @@ class Plugins:
                                     sorted(h.name for h in self.manager.get_hookcallers(plugin) or [])))
         self._backends = self._templates = None
 
+    def _provider(self, backend: Any) -> str:
+        """The distribution that ships the backend's module (e.g. 'portaft')."""
+        if self._distributions is None:  # scans every installed package: once per Plugins
+            self._distributions = importlib.metadata.packages_distributions()
+        top = type(backend).__module__.split(".")[0]
+        dists = self._distributions.get(top)
+        return dists[0] if dists else top
+
     # --- backends ----------------------------------------------------------------------
 
     @property
@@ -82,16 +91,16 @@ class Plugins:
             offered: list[Any] = []
             self.manager.hook.register_backends(register=offered.append)
             offered.reverse()  # pluggy calls the last-registered plugin first
-            offered.sort(key=lambda backend: _provider(backend) != CORE_DISTRIBUTION)
+            offered.sort(key=lambda backend: self._provider(backend) != CORE_DISTRIBUTION)
             found: dict[str, Any] = {}
             for backend in offered:
                 missing = [m for m in BACKEND_MEMBERS if not hasattr(backend, m)]
                 name = getattr(backend, "name", repr(backend))
                 if missing:
-                    self.problems.append(f"backend {name!r} from {_provider(backend)} was refused: it lacks {', '.join(missing)}.")
+                    self.problems.append(f"backend {name!r} from {self._provider(backend)} was refused: it lacks {', '.join(missing)}.")
                 elif name in found:
                     self.problems.append(
-                        f"backend {name!r} from {_provider(backend)} was refused: {_provider(found[name])} already registers that name."
+                        f"backend {name!r} from {self._provider(backend)} was refused: {self._provider(found[name])} already registers that name."
                     )
                 else:
                     found[name] = backend
@@ -133,7 +142,7 @@ class Plugins:
                 "reason": None if available else backend.unavailable_reason(),
                 "priority": backend.priority,
                 "device_type": backend.device_type,
-                "distribution": _provider(backend),
+                "distribution": self._provider(backend),
             })
         return rows
 
@@ -162,13 +171,6 @@ def _entry_points() -> list[importlib.metadata.EntryPoint]:
         return list(eps)
     names = {n.strip() for n in allowed.split(",") if n.strip()} | {CORE_DISTRIBUTION}
     return [ep for ep in eps if ep.dist is not None and ep.dist.name in names]
-
-
-def _provider(obj: Any) -> str:
-    """The distribution that ships the object's module (e.g. 'portaft')."""
-    top = type(obj).__module__.split(".")[0]
-    dists = importlib.metadata.packages_distributions().get(top)
-    return dists[0] if dists else top
 
 
 _current: Plugins | None = None
