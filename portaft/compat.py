@@ -19,3 +19,36 @@ def trainer_kwargs(trainer_cls: type, tokenizer: Any) -> dict[str, Any]:
     """transformers 4.46 renamed Trainer's `tokenizer` to `processing_class`."""
     params = inspect.signature(trainer_cls.__init__).parameters
     return {"processing_class": tokenizer} if "processing_class" in params else {"tokenizer": tokenizer}
+
+
+def chat_template_renderer(tokenizer: Any, chat_template: str) -> Any:
+    """A function messages, add_generation_prompt -> text, equal to apply_chat_template(tokenize=False).
+
+    transformers compiles a template in the private `_compile_jinja_template`; calling
+    the compiled template directly costs a fifth of apply_chat_template per render,
+    which matters when every conversation is rendered once per assistant turn. Where
+    that function is missing, apply_chat_template itself is used. Tests keep the two
+    equal for every registered template.
+    """
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        compiled = _compile_jinja_template(chat_template)
+    except ImportError:
+        compiled = None
+    if compiled is None:
+        def render(messages: list, add_generation_prompt: bool = False) -> str:
+            return tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
+                                                 add_generation_prompt=add_generation_prompt)
+        return render
+
+    # Template.render merges the template's globals (a ChainMap) into a new dict on every
+    # call, a third of a render's time; merging them once and passing shared=True
+    # (Jinja's public new_context API) renders the same text.
+    base = {**dict(compiled.globals), **tokenizer.special_tokens_map, "tools": None, "documents": None}
+
+    def render(messages: list, add_generation_prompt: bool = False) -> str:
+        context = compiled.new_context({**base, "messages": messages, "add_generation_prompt": add_generation_prompt},
+                                       shared=True)
+        return "".join(compiled.root_render_func(context))
+    return render

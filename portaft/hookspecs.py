@@ -30,3 +30,16 @@ def register_templates(register):
         ``bos_token``, ``eos_token``, ``add_generation_prompt``). Recipes pick it with
         ``template: NAME``.
     """
+
+
+@hookspec
+def register_formats(register):
+    """Register data formats.
+
+    :param register: call ``register(name, to_messages, keys=(...))``.
+        ``to_messages(record)`` turns one record (a dict of the file's fields) into a
+        list of ``{"role": "system" | "user" | "assistant", "content": str}`` and raises
+        ``ValueError`` (or ``portaft.BadSample``) whose message names the bad field;
+        portaft adds the file and line. ``keys``: auto-detection picks this format
+        when a record has all of these keys. Recipes pick it with ``format: NAME``.
+    """

@@ -43,6 +43,7 @@ class Plugins:
         self.problems: list[str] = []  # registered objects that were refused
         self._backends: dict[str, Any] | None = None
         self._templates: dict[str, str] | None = None
+        self._formats: dict[str, Any] | None = None
         self._distributions: dict[str, list[str]] | None = None
         for ep in entry_points if entry_points is not None else _entry_points():
             self._load(ep)
@@ -71,7 +72,7 @@ class Plugins:
         self.manager.check_pending()
         self.info.append(PluginInfo(name, "(in process)", "", getattr(plugin, "__name__", repr(plugin)),
                                     sorted(h.name for h in self.manager.get_hookcallers(plugin) or [])))
-        self._backends = self._templates = None
+        self._backends = self._templates = self._formats = None
 
     def _provider(self, backend: Any) -> str:
         """The distribution that ships the backend's module (e.g. 'portaft')."""
@@ -163,6 +164,29 @@ class Plugins:
             self._templates = found
         return self._templates
 
+    # --- data formats -------------------------------------------------------------------
+
+    @property
+    def formats(self) -> dict[str, Any]:
+        """Formats by name (`portaft.data.formats.Format`), in registration order: the
+        order auto-detection tries them."""
+        if self._formats is None:
+            from .data.formats import Format
+
+            found: dict[str, Any] = {}
+
+            def register(name: str, to_messages: Any, keys: tuple = ()) -> None:
+                if name in found:
+                    self.problems.append(f"format {name!r} registered twice; the first one is kept.")
+                else:
+                    found[name] = Format(name, to_messages, tuple(keys))
+
+            impls = self.manager.hook.register_formats.get_hookimpls()  # pluggy calls the last registered first,
+            for impl in impls:  # so call them in registration order: built-ins are tried first when detecting
+                impl.function(register=register)
+            self._formats = found
+        return self._formats
+
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
     allowed = os.environ.get("PORTAFT_LOAD_PLUGINS")
@@ -196,6 +220,10 @@ def backend_names() -> list[str]:
 
 def template_names() -> list[str]:
     return list(get_plugins().templates)
+
+
+def format_names() -> list[str]:
+    return list(get_plugins().formats)
 
 
 def get_backend(name: str) -> Any:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .errors import RecipeError, UserError
 from .yamlpaths import format_path, load_yaml_with_lines, nearest_line
@@ -34,10 +34,18 @@ class ModelSection(_Section):
 
 
 class DataSource(_Section):
-    path: str = Field(description="A JSON or JSONL file.")
-    format: Literal["auto", "xtuner"] = Field(
-        "auto", description="auto = detect from the first record; xtuner = XTuner/EmoLLM `conversation`."
+    path: str = Field(description="A .json/.jsonl/.parquet/.csv file, a folder of them, or a glob.")
+    format: str = Field(
+        "auto", description="auto = detect from the records' keys; or xtuner, alpaca, sharegpt, openai, a plugin's."
     )
+    weight: float | None = Field(None, gt=0, description="Use round(weight x size) samples of this source.")
+    samples: int | None = Field(None, gt=0, description="Use exactly this many samples of this source.")
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> "DataSource":
+        if self.weight is not None and self.samples is not None:
+            raise ValueError("set either weight or samples for a source, not both")
+        return self
 
 
 class LoraSection(_Section):
@@ -55,7 +63,16 @@ class Recipe(_Section):
     template: str = Field(
         "auto", description="Chat template: auto, tokenizer (its own chat_template), or a registered name."
     )
+    system: str | None = Field(None, description="System prompt for every conversation (replaces the data's).")
+    train_on: Literal["assistant", "last_assistant", "all"] = Field(
+        "assistant", description="What the loss trains: every assistant reply, the last one, or all text."
+    )
     max_length: int = Field(1024, gt=0, description="Samples longer than this are truncated (and counted).")
+    packing: bool = Field(False, description="Padding-free batches filled to a token budget.")
+    packing_tokens: int | None = Field(
+        None, gt=0, description="Tokens per packed batch; default per_device_train_batch_size x mean sample length."
+    )
+    skip_bad_samples: bool = Field(False, description="Count and skip bad records instead of stopping.")
     lora: LoraSection = Field(default_factory=LoraSection)
     train: dict[str, Any] = Field(description="transformers TrainingArguments, by their own names.")
     eval_prompts: list[str] = Field(
@@ -126,8 +143,7 @@ def validate(data: dict, name: str, lines: dict, overridden: dict[tuple, str] | 
         except ValidationError as exc:
             recipe = None
             problems += [(("train",) + tuple(err["loc"]), _describe(err, schema)) for err in exc.errors()]
-    if recipe is not None:
-        problems += _check_references(recipe)
+    problems += _check_references(data)
     if problems:
         raise RecipeError(name, [_locate(path, msg, name, lines, overridden) for path, msg in problems])
     return recipe
@@ -167,24 +183,37 @@ def _locate(path: tuple, message: str, name: str, lines: dict, overridden: dict[
     return f"{where}: {format_path(path)}: {message}"
 
 
-def _check_references(recipe: Recipe) -> list[tuple[tuple, str]]:
-    """Problems that need the plugin registries or the file system, not just types."""
+def _check_references(data: dict) -> list[tuple[tuple, str]]:
+    """Problems that need the plugin registries or the file system, not just types.
+
+    Works on the raw mapping, so these are reported even when other keys fail validation."""
     from . import plugins
+    from .data.sources import source_files
 
     problems = []
+    backend, template = data.get("backend", "auto"), data.get("template", "auto")
     backends = plugins.backend_names()
-    if recipe.backend != "auto" and recipe.backend not in backends:
-        problems.append((("backend",), f"unknown backend {recipe.backend!r}. Known: auto, {', '.join(backends)}."))
+    if isinstance(backend, str) and backend != "auto" and backend not in backends:
+        problems.append((("backend",), f"unknown backend {backend!r}. Known: auto, {', '.join(backends)}."))
     templates = plugins.template_names()
-    if recipe.template not in ("auto", "tokenizer", *templates):
+    if isinstance(template, str) and template not in ("auto", "tokenizer", *templates):
         problems.append(
-            (("template",), f"unknown template {recipe.template!r}. Choose auto, tokenizer, or one of: {', '.join(templates)}.")
+            (("template",), f"unknown template {template!r}. Choose auto, tokenizer, or one of: {', '.join(templates)}.")
         )
-    for index, source in enumerate(recipe.data):
-        if not Path(source.path).exists():
-            problems.append(
-                (("data", index, "path"), f"file not found: {source.path} (relative paths start at {Path.cwd()}).")
-            )
+    formats = plugins.format_names()
+    sources = data.get("data") if isinstance(data.get("data"), list) else []
+    for index, source in enumerate(sources):
+        if not isinstance(source, dict):
+            continue
+        fmt = source.get("format", "auto")
+        if isinstance(fmt, str) and fmt not in ("auto", *formats):
+            problems.append((("data", index, "format"),
+                             f"unknown format {fmt!r}. Choose auto or one of: {', '.join(formats)}."))
+        if isinstance(source.get("path"), str):
+            try:
+                source_files(source["path"])
+            except UserError as exc:
+                problems.append((("data", index, "path"), str(exc)))
     return problems
 
 

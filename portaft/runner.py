@@ -32,6 +32,7 @@ def run(
 
     `recipe` is a YAML path, a dict or a Recipe; `backend` overrides the recipe's.
     """
+    from transformers import set_seed
     from transformers.trainer_callback import ProgressCallback
 
     from . import data
@@ -49,27 +50,39 @@ def run(
     # 3. resolve: the recipe this backend really runs, every change reported
     effective, notes = chosen.resolve(recipe)
     effective.backend = chosen.name
-    # 4. tokenizer + model
+    notes += data.packing.resolve_packing(effective)
+    # 4. tokenizer (the model is loaded after the data, which may still be refused)
     tokenizer = chosen.load_tokenizer(effective)
     notes += data.prepare_tokenizer(tokenizer)
     for note in notes:
         echo(f"portaft: {note}")
-    # 5. data
-    dataset, reports, (template_name, template) = data.build(effective, tokenizer, get_plugins().templates)
-    for r in reports:
-        echo(f"portaft: data {r.path} ({r.format}): {r.samples} samples, {r.tokens} tokens "
-             f"({r.trained_tokens} trained), {r.truncated} truncated at {effective.max_length}, {r.dropped} dropped")
+    # 5. data: encoded, mixed; with packing, token-budget batches
+    built = data.build(effective, tokenizer)
+    for r in built.reports:
+        echo(f"portaft: {data.describe(r, effective.max_length)}")
+    for line in built.warnings[:1 + data.SHOWN_PROBLEMS]:
+        echo(f"portaft: warning: {line}")
+    template = built.template
     collator = chosen.collator(tokenizer) or data.Seq2SeqCollator(tokenizer)
+    sampler = None
+    if effective.packing:
+        sampler, collator, note = data.packing.packed_batches(built.lengths, effective)
+        notes.append(note)
+        echo(f"portaft: {note}")
+    # the model; LoRA's initial weights come from the seeded RNG: same seed, same run
+    set_seed(int(effective.train.get("seed", 42)))
     model = chosen.load_model(effective)
     model = apply_lora(model, effective.lora, bool(effective.train.get("gradient_checkpointing")))
     echo(f"portaft: {trainable_summary(model)}")
     # 6. train
     output_dir = Path(effective.train["output_dir"])
     args = chosen.training_arguments(**{"remove_unused_columns": False, **effective.train})
-    trainer = chosen.trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, tokenizer=tokenizer)
+    trainer = chosen.trainer(model=model, args=args, train_dataset=built.dataset, data_collator=collator, tokenizer=tokenizer)
+    if sampler is not None:
+        data.packing.use_packed_batches(trainer, sampler, collator)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ReadableProgress)
-    ask = functools.partial(_answer_and_show, tokenizer=tokenizer, template=template,
+    ask = functools.partial(_answer_and_show, tokenizer=tokenizer, template=template, system=effective.system,
                             prompts=effective.eval_prompts, device=args.device, echo=echo)
     before = ask("before training", trainer.model)
     output = trainer.train()
@@ -84,10 +97,11 @@ def run(
     write_run(output_dir, {
         "backend": chosen.name,
         "device": str(args.device),
-        "template": template_name,
+        "template": built.template_name,
         "versions": library_versions(),
         "notes": notes,
-        "data": data.report_rows(reports),
+        "data": data.report_rows(built.reports),
+        "skipped": built.warnings[1:],
         "metrics": result.metrics,
         "log_history": result.log_history,
         "samples": {"before": before, "after": after},
@@ -97,14 +111,14 @@ def run(
     return result
 
 
-def _answer_and_show(when: str, model: Any, *, tokenizer: Any, template: str, prompts: list[str],
-                     device: Any, echo: Callable[[str], None]) -> list[dict]:
+def _answer_and_show(when: str, model: Any, *, tokenizer: Any, template: str, system: str | None,
+                     prompts: list[str], device: Any, echo: Callable[[str], None]) -> list[dict]:
     from .samples import answer_prompts
 
     if not prompts:
         return []
     model.to(device)  # before training the Trainer has not placed the model yet
-    answers = answer_prompts(model, tokenizer, template, prompts)
+    answers = answer_prompts(model, tokenizer, template, prompts, system=system)
     for item in answers:
         echo(f"portaft: {when}: Q: {item['prompt']}\n         A: {item['answer']}")
     return answers

@@ -4,8 +4,14 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import yaml
+
+from portaft.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def portaft(*args, cwd=None, env=None):
@@ -82,3 +88,22 @@ def test_run_trains_and_accepts_overrides(write_recipe, recipe_dict, tmp_path):
     effective = yaml.safe_load((out / "portaft_recipe.yaml").read_text(encoding="utf-8"))
     assert effective["train"]["max_steps"] == 2
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_every_example_recipe_and_its_data_validate(recipe, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(["validate", f"examples/{recipe}"]) == 0
+    assert "valid." in capsys.readouterr().out
+
+
+def test_preview_marks_the_trained_text_and_counts_tokens(write_recipe, recipe_dict, capsys):
+    assert main(["preview", str(write_recipe(recipe_dict)), "-n", "2", "train_on=last_assistant"]) == 0
+    out = capsys.readouterr().out
+    assert "template: deepseek   train_on: last_assistant" in out
+    assert "(xtuner): 8 samples" in out
+    first, second = out.split("--- sample 1 of 8: ")[1].split("--- sample 2 of 8: ")
+    assert "User: 你是谁？\n\nAssistant:⟦ 我是黄大力的智能助手。<｜end▁of▁sentence｜>⟧" in first
+    assert "Assistant: Huang Dali made me.<｜end▁of▁sentence｜>" in second  # an earlier reply: not trained
+    assert "Assistant:⟦ Answer questions.<｜end▁of▁sentence｜>⟧" in second
+    assert "--- sample 3" not in out

@@ -60,7 +60,7 @@ def test_output_folder_holds_adapter_checkpoints_recipe_and_record(trained):
 def test_saved_tokenizer_carries_the_training_template(trained):
     from transformers import AutoTokenizer
 
-    from portaft.data.templates import DEEPSEEK
+    from portaft.data.chat_templates import DEEPSEEK
 
     result, _, _ = trained
     assert AutoTokenizer.from_pretrained(result.output_dir).chat_template == DEEPSEEK
@@ -94,3 +94,19 @@ def test_run_prints_samples_before_and_after(trained):
     assert "before training: Q: 你是谁？" in text and "after training: Q: 你是谁？" in text
     assert result.samples_before[0]["answer"] != result.samples_after[0]["answer"]
     assert "backend cpu" in lines[0]
+
+
+def test_eval_prompts_are_asked_with_the_recipes_system_prompt(tiny_model, tokenizer, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    import portaft.samples
+    from portaft.data.chat_templates import DEEPSEEK
+
+    seen = []
+    real_render = portaft.samples.render
+    monkeypatch.setattr(portaft.samples, "render", lambda tok, tpl, messages, **kw: seen.append(messages) or
+                        real_render(tok, tpl, messages, **kw))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer.pad_token = tokenizer.eos_token
+    portaft.samples.answer_prompts(model, tokenizer, DEEPSEEK, ["你是谁？"], max_new_tokens=1, system="你是黄大力的助手。")
+    assert seen == [[{"role": "system", "content": "你是黄大力的助手。"}, {"role": "user", "content": "你是谁？"}]]

@@ -8,9 +8,9 @@ import traceback
 
 from portaft.errors import UserError
 
-from . import backends_cmd, plugins_cmd, run_cmd, validate_cmd
+from . import backends_cmd, plugins_cmd, preview_cmd, run_cmd, validate_cmd
 
-COMMANDS = (run_cmd, validate_cmd, backends_cmd, plugins_cmd)
+COMMANDS = (run_cmd, validate_cmd, preview_cmd, backends_cmd, plugins_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,7 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives `recipe` and `overrides` their values in one go, so overrides written
+    # after an option (`run r.yaml --backend cpu lora.r=4`) come back as unknown: take them
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if extra and (len(overrides) != len(extra) or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = list(args.overrides) + overrides
     try:
         return args.handler(args) or 0
     except UserError as exc:

@@ -8,11 +8,13 @@ def add_parser(sub) -> None:
     p.add_argument("recipe", help="path to the recipe YAML")
     p.add_argument("overrides", nargs="*", metavar="key.path=value", help="e.g. lora.r=16 train.max_steps=10")
     p.add_argument("--backend", help="cpu, cuda, npu, a plugin's, or auto (overrides the recipe)")
+    p.add_argument("--skip-bad-samples", action="store_true", help="count and skip bad records instead of stopping")
     p.set_defaults(handler=handle)
 
 
 def handle(args) -> int:
     from portaft.runner import run
 
-    run(args.recipe, backend=args.backend, overrides=args.overrides)
+    overrides = list(args.overrides) + (["skip_bad_samples=true"] if args.skip_bad_samples else [])
+    run(args.recipe, backend=args.backend, overrides=overrides)
     return 0

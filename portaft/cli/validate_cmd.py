@@ -1,20 +1,26 @@
-"""portaft validate RECIPE [key.path=value ...]: check a recipe without loading a model."""
+"""portaft validate RECIPE [key.path=value ...]: check a recipe and every data record without loading a model."""
 
 from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("validate", help="check a recipe without loading any model")
+    p = sub.add_parser("validate", help="check a recipe and its data without loading any model")
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", metavar="key.path=value")
+    p.add_argument("--skip-bad-samples", action="store_true", help="count bad records instead of failing")
     p.set_defaults(handler=handle)
 
 
 def handle(args) -> int:
+    from portaft import data
     from portaft.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
-    sources = ", ".join(s.path for s in recipe.data)
-    print(f"{args.recipe}: valid. model {recipe.model.name_or_path}, data {sources}, "
-          f"template {recipe.template}, backend {recipe.backend}, output {recipe.train['output_dir']}")
+    overrides = list(args.overrides) + (["skip_bad_samples=true"] if args.skip_bad_samples else [])
+    recipe = load_recipe(args.recipe, overrides)
+    reports = data.check(recipe)
+    print(f"{args.recipe}: valid. model {recipe.model.name_or_path}, template {recipe.template}, "
+          f"backend {recipe.backend}, output {recipe.train['output_dir']}")
+    for r in reports:
+        skipped = f", {r.bad} bad (will be skipped)" if r.bad else ""
+        print(f"  data {r.path} ({r.format}): {r.records} records{skipped}")
     return 0

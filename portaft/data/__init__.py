@@ -1,33 +1,61 @@
-"""The data step: read every source, normalise, render with the chat template, mask, truncate.
+"""The data step: read every source, normalise, render with the chat template, mask, truncate, mix.
 
     dataset = portaft.data.load("examples/self_identity.yaml")
     dataset[0]  # {"input_ids": [...], "attention_mask": [...], "labels": [...]}
+
+Modules: `sources` (files, reading, where a record came from), `formats` (records to
+conversations), `templates` + `chat_templates` (rendering, trained spans), `encode`
+(the batched tokenize-and-mask pass), `mixing`, `packing`, `collator`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from portaft.errors import UserError
 from portaft.recipe import Recipe, RecipeSource, load_recipe
 
+from . import packing
 from .collator import Seq2SeqCollator
-from .formats import FORMATS, detect_format, read_source
-from .templates import choose_template, encode
+from .encode import CUT_IN_PROMPT, NOT_CUT, EncodeSettings, Encoder
+from .formats import BadSample, Format, detect_format, normalise
+from .mixing import mixed_rows
+from .sources import progress_bars, read_file, source_files
+from .templates import check_template, choose_template
 
-__all__ = ["Seq2SeqCollator", "SourceReport", "build", "load", "prepare_tokenizer"]
+__all__ = ["BadSample", "Built", "Seq2SeqCollator", "SourceReport", "build", "check", "load", "prepare_tokenizer"]
+
+SHOWN_PROBLEMS = 20  # bad records listed in one error; the rest are counted
+PARALLEL_FROM = 50_000  # records in a file from which encoding uses several processes
+BAR_FROM = 5_000  # records in a file from which encoding shows a progress bar
 
 
 @dataclass
 class SourceReport:
     path: str
     format: str
-    samples: int  # samples kept for training
-    tokens: int  # tokens of the kept samples (after truncation)
-    trained_tokens: int  # of which carry a label (assistant replies)
-    truncated: int  # samples cut at max_length
-    dropped: int  # samples with no trained token left after truncation
+    files: int
+    records: int  # records read (good or bad)
+    bad: int  # records skipped as bad (skip_bad_samples)
+    dropped: int  # good records with no trained token left after truncation
+    truncated: int  # cut at max_length (the rest of the sample is lost)
+    truncated_in_prompt: int  # of which the cut fell in a prompt: the reply after it is lost
+    available: int  # usable samples
+    samples: int  # samples used after weight/samples
+    tokens: int  # tokens of the used samples
+    trained_tokens: int  # of which carry a label
+
+
+@dataclass
+class Built:
+    dataset: Any  # datasets.Dataset: input_ids, attention_mask, labels
+    lengths: list[int]  # tokens per row, for packing
+    reports: list[SourceReport]
+    template_name: str
+    template: str  # Jinja source
+    warnings: list[str] = field(default_factory=list)  # skipped records, located
 
 
 def prepare_tokenizer(tokenizer: Any) -> list[str]:
@@ -38,53 +66,196 @@ def prepare_tokenizer(tokenizer: Any) -> list[str]:
     return []
 
 
-def build(recipe: Recipe, tokenizer: Any, templates: dict[str, str]) -> tuple[Any, list[SourceReport], tuple[str, str]]:
-    """(encoded dataset, one report per source, (template name, template source))."""
+def build(recipe: Recipe, tokenizer: Any) -> Built:
+    """Every source encoded and mixed, with one report per source. Bad records raise one
+    UserError listing them all, unless recipe.skip_bad_samples counts them instead; a
+    file that cannot be used at all (empty, unknown format) always raises."""
     from datasets import concatenate_datasets
 
-    template = choose_template(recipe.template, tokenizer, templates)
-    parts, reports = [], []
-    for source in recipe.data:
-        raw = read_source(source.path)
-        if len(raw) == 0:
-            raise UserError(f"{source.path}: the file holds no samples. Add data or remove it from `data:`.")
-        fmt = detect_format(raw[0], source.path) if source.format == "auto" else source.format
-        to_messages = FORMATS[fmt]
+    from portaft.compat import chat_template_renderer
+    from portaft.plugins import get_plugins
 
-        def encode_row(record: dict, index: int, path: str = source.path) -> dict:
-            messages = to_messages(record, f"{path}: sample {index + 1}")
-            return encode(tokenizer, template[1], messages, recipe.max_length)
-
-        encoded = raw.map(encode_row, with_indices=True, remove_columns=raw.column_names, keep_in_memory=True,
-                          desc=f"Encoding {source.path}")
-        kept = encoded.filter(lambda row: any(label != -100 for label in row["labels"]), keep_in_memory=True)
+    plugins = get_plugins()
+    template_name, template = choose_template(recipe.template, tokenizer, plugins.templates,
+                                              _model_type(recipe))
+    check_template(chat_template_renderer(tokenizer, template), template_name, tokenizer)
+    settings = EncodeSettings(template, recipe.max_length, recipe.train_on, recipe.system)
+    seed = int(recipe.train.get("seed", 42))
+    problems: list[str] = []  # bad records
+    unusable: list[str] = []  # whole files
+    parts, lengths, reports = [], [], []
+    for index, source in enumerate(recipe.data):
+        encoded, names, records, located = [], [], 0, []
+        for file, fmt in _read_source(source, plugins.formats, problems, unusable):
+            with progress_bars(len(file.rows) >= BAR_FROM):
+                rows = file.rows.map(
+                    Encoder(tokenizer, fmt, settings), batched=True, remove_columns=file.rows.column_names,
+                    num_proc=_processes(len(file.rows)), desc=f"Encoding {file.path}",
+                )
+            errors = _column(rows, "error")
+            located += [f"{file.where(i)}: {e}" for i, e in enumerate(errors) if e]
+            records += len(rows) + len(file.bad_lines)
+            encoded.append(rows)
+            names.append(fmt.name)
+        problems += located
+        if not encoded:
+            continue
+        rows = concatenate_datasets(encoded) if len(encoded) > 1 else encoded[0]
+        errors, trained, cuts, sizes = (_column(rows, name) for name in ("error", "trained", "cut", "length"))
+        good = [i for i, (e, t) in enumerate(zip(errors, trained)) if not e and t]
+        cuts = [c for e, c in zip(errors, cuts) if not e]
+        chosen = [good[i] for i in mixed_rows(len(good), source.weight, source.samples, seed, index)]
+        used = rows.select(chosen)
+        used_lengths = [sizes[i] for i in chosen]
         reports.append(SourceReport(
             path=source.path,
-            format=fmt,
-            samples=len(kept),
-            tokens=sum(len(ids) for ids in kept["input_ids"]),
-            trained_tokens=sum(sum(label != -100 for label in labels) for labels in kept["labels"]),
-            truncated=sum(encoded["truncated"]),
-            dropped=len(encoded) - len(kept),
+            format=",".join(sorted(set(names))),
+            files=len(encoded),
+            records=records,
+            bad=records - len(cuts),
+            dropped=len(cuts) - len(good),
+            truncated=sum(c != NOT_CUT for c in cuts),
+            truncated_in_prompt=sum(c == CUT_IN_PROMPT for c in cuts),
+            available=len(good),
+            samples=len(chosen),
+            tokens=sum(used_lengths),
+            trained_tokens=sum(trained[i] for i in chosen),
         ))
-        parts.append(kept.remove_columns("truncated"))
-    dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    if len(dataset) == 0:
+        parts.append(used.select_columns(["input_ids", "attention_mask", "labels"]))
+        lengths += used_lengths
+    warnings = []
+    if unusable or (problems and not recipe.skip_bad_samples):
+        raise UserError(_problem_list(unusable, problems))
+    if problems:
+        warnings = [f"skipped {len(problems)} bad record(s):"] + problems
+    dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else None
+    if dataset is None or len(dataset) == 0:
         raise UserError("no sample has any assistant token left to train on; raise max_length or check the data.")
-    return dataset, reports, template
+    return Built(dataset, lengths, reports, template_name, template, warnings)
+
+
+def _read_source(source: Any, formats: dict[str, Format], problems: list[str], unusable: list[str]):
+    """(file, format) for every readable, non-empty file of a source; unreadable lines are
+    appended to `problems`, files that cannot be used at all to `unusable`."""
+    for path in source_files(source.path):
+        file = read_file(path)
+        problems += file.bad_lines
+        if len(file.rows) == 0:
+            unusable.append(f"{path}: holds no samples. Add data or remove it from `data:`.")
+            continue
+        name = source.format
+        if name == "auto":
+            name = detect_format(file.rows[0], formats)
+            if name is None:
+                unusable.append(
+                    f"{file.where(0)}: cannot tell the data format from the record's keys "
+                    f"({', '.join(file.rows.column_names)}). Formats and their keys: "
+                    + "; ".join(f"{f.name} ({', '.join(f.keys)})" for f in formats.values())
+                    + ". Set `format:` or fix the data."
+                )
+                continue
+        yield file, formats[name]
+
+
+def check(recipe: RecipeSource) -> list[SourceReport]:
+    """Read and normalise every record without a tokenizer or model (`portaft validate`).
+
+    Raises one UserError listing every bad record unless skip_bad_samples is set.
+    """
+    from portaft.plugins import get_plugins
+
+    recipe = load_recipe(recipe)
+    formats = get_plugins().formats
+    problems: list[str] = []
+    unusable: list[str] = []
+    reports = []
+    for source in recipe.data:
+        records = bad = 0
+        names = set()
+        for file, fmt in _read_source(source, formats, problems, unusable):
+            with progress_bars(len(file.rows) >= BAR_FROM):
+                errors = _column(file.rows.map(_Checker(fmt), batched=True, remove_columns=file.rows.column_names,
+                                               desc=f"Checking {file.path}"), "error")
+            located = [f"{file.where(i)}: {e}" for i, e in enumerate(errors) if e]
+            problems += located
+            records += len(errors) + len(file.bad_lines)
+            bad += len(located) + len(file.bad_lines)
+            names.add(fmt.name)
+        reports.append(SourceReport(source.path, ",".join(sorted(names)), 0, records, bad, 0, 0, 0,
+                                    records - bad, 0, 0, 0))
+    if unusable or (problems and not recipe.skip_bad_samples):
+        raise UserError(_problem_list(unusable, problems))
+    return reports
+
+
+class _Checker:
+    def __init__(self, fmt: Format):
+        self.fmt = fmt
+
+    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
+        size = len(next(iter(batch.values())))
+        errors = []
+        for i in range(size):
+            try:
+                normalise({key: values[i] for key, values in batch.items()}, self.fmt)
+                errors.append("")
+            except Exception as exc:  # BadSample, or a plugin format's own error
+                errors.append(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
+        return {"error": errors}
 
 
 def load(recipe: RecipeSource, tokenizer: Any = None) -> Any:
-    """The encoded dataset exactly as training sees it (input_ids, attention_mask, labels)."""
-    from portaft.plugins import choose_backend, get_plugins
+    """The encoded dataset exactly as training sees it (input_ids, attention_mask, labels).
+
+    With `packing: true` training groups these rows into token-budget batches
+    (`portaft.data.packing`); the rows themselves are the same.
+    """
+    from portaft.plugins import choose_backend
 
     recipe = load_recipe(recipe)
     if tokenizer is None:
         tokenizer = choose_backend(recipe).load_tokenizer(recipe)
         prepare_tokenizer(tokenizer)
-    dataset, _, _ = build(recipe, tokenizer, get_plugins().templates)
-    return dataset
+    return build(recipe, tokenizer).dataset
 
 
 def report_rows(reports: list[SourceReport]) -> list[dict]:
     return [asdict(r) for r in reports]
+
+
+def describe(report: SourceReport, max_length: int) -> str:
+    amount = f"{report.samples} samples" + (f" (of {report.available})" if report.samples != report.available else "")
+    return (f"data {report.path} ({report.format}): {amount}, {report.tokens} tokens ({report.trained_tokens} trained); "
+            f"{report.truncated} truncated at {max_length} ({report.truncated_in_prompt} inside a prompt), "
+            f"{report.dropped} dropped with nothing left to train, {report.bad} bad skipped")
+
+
+def _column(rows: Any, name: str) -> list:
+    """A whole column as a Python list, read from Arrow at once (dataset[name] formats row by row)."""
+    return rows.with_format("arrow")[name].to_pylist()
+
+
+def _problem_list(unusable: list[str], problems: list[str]) -> str:
+    lines = [f"{len(unusable)} data file(s) cannot be used:"] + [f"  {p}" for p in unusable] if unusable else []
+    if problems:
+        lines.append(f"{len(problems)} bad record(s) in the data:")
+        lines += [f"  {p}" for p in problems[:SHOWN_PROBLEMS]]
+        if len(problems) > SHOWN_PROBLEMS:
+            lines.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
+        lines.append("Fix them, or set skip_bad_samples: true (or --skip-bad-samples) to skip and count them.")
+    return "\n".join(lines)
+
+
+def _processes(records: int) -> int | None:
+    return min(os.cpu_count() or 1, 4) if records >= PARALLEL_FROM else None
+
+
+def _model_type(recipe: Recipe) -> str | None:
+    """config.json's model_type, for template: auto; None when there is no readable config."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(recipe.model.name_or_path,
+                                          trust_remote_code=recipe.model.trust_remote_code).model_type
+    except Exception:  # a missing or remote config only means no guess
+        return None

@@ -1,45 +1,38 @@
-"""Chat templates: the built-in named ones, choosing one, and rendering with loss masks.
+"""Chat templates: choosing one, rendering with it, and finding what the loss trains.
 
 A named template is a Jinja chat template in the same dialect as a tokenizer's
-`chat_template`, so one renderer (transformers' own `apply_chat_template`) serves
-both, and a model saved by portaft carries the exact template it was trained with.
+`chat_template`, so one renderer serves both, the token ids equal
+`apply_chat_template` by construction, and a model saved by portaft carries the
+exact template it was trained with. The named templates are in `chat_templates.py`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from portaft.errors import UserError
 from portaft.hookspecs import hookimpl
 
-# DeepSeek-LLM chat, verbatim from its tokenizer_config.json. Note the generation
-# prompt is "Assistant:" with no space: the space belongs to the answer's first token.
-DEEPSEEK = (
-    "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}"
-    "{{ bos_token }}{% for message in messages %}"
-    "{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\n\n' }}"
-    "{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token }}"
-    "{% elif message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
-    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
+from . import chat_templates
 
-# ChatML as Qwen and many others use it.
-CHATML = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+TRAIN_ON = ("assistant", "last_assistant", "all")
 
 
 @hookimpl
 def register_templates(register):
-    register("deepseek", DEEPSEEK)
-    register("chatml", CHATML)
+    for name, source in chat_templates.BUILT_IN.items():
+        register(name, source)
 
 
-def choose_template(name: str, tokenizer: Any, templates: dict[str, str]) -> tuple[str, str]:
-    """(template name, Jinja source) for the recipe's `template:` value."""
+def choose_template(name: str, tokenizer: Any, templates: dict[str, str], model_type: str | None = None) -> tuple[str, str]:
+    """(template name, Jinja source) for the recipe's `template:` value.
+
+    auto = the tokenizer's own template, else the one named after the model's type
+    (config.json `model_type`), else an error naming the choices.
+    """
     own = getattr(tokenizer, "chat_template", None)
+    if isinstance(own, dict):  # a tokenizer may carry several named templates; "default" is the chat one
+        own = own.get("default")
     if name == "tokenizer" or (name == "auto" and own):
         if not own:
             raise UserError(
@@ -48,9 +41,13 @@ def choose_template(name: str, tokenizer: Any, templates: dict[str, str]) -> tup
             )
         return "tokenizer", own
     if name == "auto":
+        guess = chat_templates.guess_template(model_type, tokenizer)
+        if guess in templates:
+            return guess, templates[guess]
         raise UserError(
-            "template: auto, but the tokenizer has no chat_template of its own, so portaft cannot know "
-            f"how to format conversations. Set template: to one of {', '.join(templates)}."
+            f"template: auto, but the tokenizer has no chat_template of its own and the model type "
+            f"{model_type!r} does not name one, so portaft cannot know how to format conversations. "
+            f"Set template: to one of {', '.join(templates)}."
         )
     return name, templates[name]
 
@@ -61,48 +58,105 @@ def render(tokenizer: Any, template: str, messages: list[dict], add_generation_p
     )
 
 
-def assistant_spans(tokenizer: Any, template: str, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered conversation and the character spans of every assistant reply.
+class TemplateError(ValueError):
+    """The template cannot be used for loss masking on this conversation."""
+
+
+def trained_spans(render: Callable[..., str], messages: list[dict], train_on: str,
+                  shape: tuple[str, str] | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character spans the loss trains.
 
     A reply's span runs from the end of the generation prompt before it to the end of
     the text the reply adds (its end-of-turn token included), found by rendering the
-    conversation up to that reply with and without the reply.
+    conversation up to that reply with and without the reply. `train_on`: every
+    assistant reply, the last one only, or all text.
+
+    `shape` = reply_shape(render) saves the second render: when the text after the
+    generation prompt is exactly (gap, reply, ending), that is what rendering the
+    conversation up to the reply gives; otherwise (a template that trims or rewrites
+    replies) it renders.
     """
-    text = render(tokenizer, template, messages)
+    text = render(messages)
+    if train_on == "all":
+        return text, [(0, len(text))]
+    replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if train_on == "last_assistant":
+        replies = replies[-1:]
     spans = []
-    for index, message in enumerate(messages):
-        if message["role"] != "assistant":
-            continue
-        before = render(tokenizer, template, messages[:index], add_generation_prompt=True)
-        through = render(tokenizer, template, messages[: index + 1])
-        if not (through.startswith(before) and text.startswith(through)):
-            raise UserError(
-                "the chat template renders earlier turns differently once later turns follow, so the "
-                "assistant replies cannot be located for loss masking. Use a named template (template: NAME)."
-            )
-        spans.append((len(before), len(through)))
+    for index in replies:
+        before = render(messages[:index], add_generation_prompt=True)
+        if not text.startswith(before):
+            raise TemplateError(RERENDERS)
+        if index == len(messages) - 1:
+            end = len(text)
+        elif shape is not None and text.startswith(shape[0] + messages[index]["content"] + shape[1], len(before)):
+            end = len(before) + len(shape[0]) + len(messages[index]["content"]) + len(shape[1])
+        else:
+            through = render(messages[: index + 1])
+            if not (through.startswith(before) and text.startswith(through)):
+                raise TemplateError(RERENDERS)
+            end = len(through)
+        spans.append((len(before), end))
     return text, spans
 
 
-def encode(tokenizer: Any, template: str, messages: list[dict], max_length: int) -> dict[str, Any]:
-    """input_ids / attention_mask / labels for one conversation.
+RERENDERS = ("the chat template renders earlier turns differently once later turns follow, so the "
+             "assistant replies cannot be located for loss masking. Use a named template (template: NAME).")
 
-    Tokens are exactly those of the whole rendered text (what apply_chat_template
-    gives); a token is trained when any of its characters belongs to an assistant
-    reply, every other token's label is -100.
+
+def reply_shape(render: Callable[..., str]) -> tuple[str, str] | None:
+    """(gap, ending): what a template writes between the generation prompt and a reply's
+    text, and after it, when the reply ends the conversation; None when the template
+    does not write the reply's text unchanged."""
+    probe = "portaft-probe-reply"
+    before = render([{"role": "user", "content": "hi"}], add_generation_prompt=True)
+    through = render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}])
+    position = through.find(probe, len(before))
+    if not through.startswith(before) or position < 0:
+        return None
+    return through[len(before):position], through[position + len(probe):]
+
+
+def reply_ending(render: Callable[..., str]) -> str:
+    """What the template writes after a reply's text (e.g. eos, '<|im_end|>\\n').
+
+    Empty means the model would never see where a reply ends and would never stop.
     """
-    text, spans = assistant_spans(tokenizer, template, messages)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
-    labels = [
-        token if any(start < end_span and end > start_span for start_span, end_span in spans) else -100
-        for token, (start, end) in zip(ids, enc["offset_mapping"])
-    ]
-    truncated = len(ids) > max_length
-    ids, labels = ids[:max_length], labels[:max_length]
-    return {
-        "input_ids": ids,
-        "attention_mask": [1] * len(ids),
-        "labels": labels,
-        "truncated": truncated,
-    }
+    probe = "portaft-probe-reply"
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}]
+    text = render(messages)
+    position = text.rfind(probe)
+    return text[position + len(probe):] if position >= 0 else ""
+
+
+def check_template(render: Callable[..., str], name: str, tokenizer: Any) -> str:
+    """Refuse, once and before any data is read, a template that masking cannot work with:
+    one whose replies end with nothing, or that re-renders earlier turns. Returns the
+    text the template writes after a reply."""
+    probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+             {"role": "user", "content": "bye"}, {"role": "assistant", "content": "goodbye"}]
+    try:
+        trained_spans(render, probe, "assistant")
+    except TemplateError as exc:
+        raise UserError(f"template {name!r}: {exc}") from None
+    ending = reply_ending(render)
+    if not ending.strip():
+        raise UserError(
+            f"template {name!r} writes nothing after an assistant reply (no eos, no end-of-turn token), "
+            "so the model would never learn to stop. Use a template whose replies end with "
+            f"{tokenizer.eos_token!r} or an end-of-turn token."
+        )
+    return ending
+
+
+def stop_token_ids(tokenizer: Any, template: str) -> list[int]:
+    """Token ids that end a reply under this template: eos, plus the template's end-of-turn
+    token when that is a single token (e.g. ChatML's <|im_end|> on a tokenizer whose eos differs)."""
+    from portaft.compat import chat_template_renderer
+
+    ids = [tokenizer.eos_token_id]
+    ending = reply_ending(chat_template_renderer(tokenizer, template)).strip()
+    encoded = tokenizer(ending, add_special_tokens=False)["input_ids"] if ending else []
+    if len(encoded) == 1 and encoded[0] not in ids:
+        ids.append(encoded[0])
+    return ids

@@ -1,0 +1,141 @@
+"""Padding-free training: batches filled to a token budget, flattened into one row.
+
+transformers' `DataCollatorWithFlattening` concatenates a batch's samples into one
+row with `position_ids` restarting at 0 per sample and no attention mask; the
+model's mask code (transformers' `masking_utils.find_packed_sequence_indices`) turns
+those positions into a block-diagonal mask, so no sample attends to another, and
+the first label of every sample is -100 so no sample predicts the next one's
+first token. The loss then equals the padded batch's (tests/test_packing.py).
+
+What decides the batches is `TokenBudgetSampler`: samples are packed once, first
+fit in decreasing length, into batches of at most `budget` tokens; each epoch
+shuffles the order of the batches with the seed.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+import types
+from typing import Any, Iterator
+
+
+def packing_supported() -> str | None:
+    """None when the installed transformers honours packed position_ids, else why not."""
+    try:
+        from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
+    except ImportError:
+        import transformers
+
+        return (f"transformers {transformers.__version__} does not build block-diagonal masks from packed "
+                "position_ids, so packed samples would attend to each other; upgrade transformers")
+    return None
+
+
+class TokenBudgetSampler:
+    """Batches of dataset indices, each at most `budget` tokens in total."""
+
+    def __init__(self, lengths: list[int], budget: int, seed: int = 42):
+        self.budget = max(budget, max(lengths))  # a sample longer than the budget gets a batch of its own
+        self.seed = seed
+        self.epoch = 0
+        self.batches = best_fit_decreasing(lengths, self.budget)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(range(len(self.batches)))
+        random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+        self.epoch += 1  # for trainers that never call set_epoch
+        for index in order:
+            yield list(self.batches[index])
+
+
+def best_fit_decreasing(lengths: list[int], budget: int) -> list[list[int]]:
+    """Bins of indices whose lengths sum to at most `budget`: longest first, each into the
+    fullest bin it still fits (best fit decreasing). Ties keep dataset order, so the
+    result is deterministic; a sorted list of free room keeps it O(n log n)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    bins: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, bin number), sorted
+    for index in order:
+        size = lengths[index]
+        at = bisect.bisect_left(free, (size, -1))
+        if at < len(free):
+            room, number = free.pop(at)
+        else:
+            room, number = budget, len(bins)
+            bins.append([])
+        bins[number].append(index)
+        bisect.insort(free, (room - size, number))
+    return [sorted(b) for b in bins]
+
+
+def default_budget(lengths: list[int], batch_size: int) -> int:
+    """Tokens per batch when the recipe sets none: batch size x mean sample length, so a
+    step sees as many samples on average as without packing, only without padding."""
+    return max(1, round(batch_size * sum(lengths) / len(lengths)))
+
+
+def resolve_packing(recipe: Any) -> list[str]:
+    """Turn packing off, with a note, where transformers would let packed samples mix."""
+    reason = packing_supported() if recipe.packing else None
+    if reason is None:
+        return []
+    recipe.packing = False
+    return [f"packing: true -> false ({reason})"]
+
+
+def packed_batches(lengths: list[int], recipe: Any) -> tuple[TokenBudgetSampler, Any, str]:
+    """(sampler, collator, note) for a packed run of samples with these lengths."""
+    batch_size = int(recipe.train.get("per_device_train_batch_size", 8))
+    budget = recipe.packing_tokens or default_budget(lengths, batch_size)
+    sampler = TokenBudgetSampler(lengths, budget, seed=int(recipe.train.get("seed", 42)))
+    how = "packing_tokens" if recipe.packing_tokens else f"per_device_train_batch_size {batch_size} x mean length"
+    fill = sum(lengths) / (len(sampler) * sampler.budget)
+    note = (f"packing: {len(lengths)} samples in {len(sampler)} padding-free batches of at most "
+            f"{sampler.budget} tokens ({how}), {fill:.0%} full")
+    return sampler, flattening_collator(), note
+
+
+class FlatteningCollator:
+    """transformers' DataCollatorWithFlattening, plus `use_cache=False` in every batch:
+    transformers only reads packed position_ids as sequence boundaries when no KV
+    cache is passed, and a model whose config says use_cache would make one."""
+
+    def __init__(self) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+
+    def __call__(self, features: list[dict]) -> dict:
+        return {**self.flatten(features), "use_cache": False}
+
+
+def flattening_collator() -> Any:
+    return FlatteningCollator()
+
+
+def use_packed_batches(trainer: Any, sampler: TokenBudgetSampler, collator: Any) -> None:
+    """Make `trainer` draw its training batches from `sampler` through `collator`.
+
+    Trainer.get_train_dataloader is the documented place to change this; it is
+    replaced on the instance, so any backend's Trainer class keeps its own code.
+    """
+    from torch.utils.data import DataLoader
+
+    def get_train_dataloader(self: Any) -> Any:
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
+    trainer.get_train_dataloader = types.MethodType(get_train_dataloader, trainer)
