@@ -25,3 +25,28 @@ def test_cuda_backend_trains_in_mixed_precision_and_saves_a_loadable_adapter(rec
 
     base = AutoModelForCausalLM.from_pretrained(recipe_dict["model"]["name_or_path"])
     PeftModel.from_pretrained(base, result.output_dir)
+
+
+def test_packed_batches_give_the_padded_loss_on_cuda(recipe_dict, tokenizer, tiny_model):
+    """transformers reads packed position_ids as sequence boundaries on the GPU too (sdpa)."""
+    from transformers import AutoModelForCausalLM
+
+    import portaft.data
+    from portaft.data import Seq2SeqCollator
+    from portaft.data.packing import flattening_collator
+
+    rows = portaft.data.load(recipe_dict, tokenizer)
+    features = [rows[i] for i in range(len(rows))]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).cuda()
+    with torch.no_grad():
+        padded = model(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in Seq2SeqCollator(tokenizer)(features).items()})
+        packed = model(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in flattening_collator()(features).items()})
+    assert packed.loss.item() == pytest.approx(padded.loss.item(), rel=1e-4)
+
+
+def test_a_packed_run_trains_on_cuda(recipe_dict):
+    recipe_dict["train"]["max_steps"] = 12
+    result = portaft.run({**recipe_dict, "packing": True}, backend="cuda", echo=print)
+    assert any(note.startswith("packing: 8 samples in ") for note in result.notes)
+    losses = [e["loss"] for e in result.log_history if "loss" in e]
+    assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])

@@ -57,7 +57,7 @@ def source_files(path: str) -> list[Path]:
 @dataclass
 class SourceFile:
     path: Path
-    rows: Any  # datasets.Dataset of the readable records
+    rows: Any  # datasets.Dataset of the readable records; None for a file of blank lines
     bad_lines: list[str] = field(default_factory=list)  # located messages for unreadable lines
     _lines: list[int] | None = None  # JSONL: the line number of each row
 
@@ -120,9 +120,7 @@ def _read_jsonl_around_bad_lines(path: Path) -> SourceFile:
             good.append(line if line.endswith("\n") else line + "\n")
             good_lines.append(number)
     if not bad and not good:
-        from datasets import Dataset
-
-        return SourceFile(path, Dataset.from_list([]))
+        return SourceFile(path, None)  # blank lines only
     if not bad:
         raise UserError(f"{path}: datasets cannot read this file although every line is JSON; "
                         "check that each line's fields have consistent types.")
