@@ -121,3 +121,10 @@ def test_samples_with_nothing_left_to_train_are_dropped_and_counted(recipe_dict,
     built = portaft.data.build(load_recipe({**recipe_dict, "data": [{"path": str(path)}], "max_length": 32}), tokenizer)
     report = built.reports[0]
     assert (report.samples, report.dropped, report.truncated, report.truncated_in_prompt) == (1, 1, 1, 1)
+
+
+def test_a_file_of_only_bad_lines_lists_each_line(recipe_dict, tokenizer, tmp_path):
+    path = tmp_path / "all_bad.jsonl"
+    path.write_text('{"messages": [\n\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"(?s)2 bad record\(s\).*all_bad.jsonl:1: not valid JSON.*all_bad.jsonl:3: a JSON list"):
+        portaft.data.load({**recipe_dict, "data": [{"path": str(path)}]}, tokenizer)

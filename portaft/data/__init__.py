@@ -140,6 +140,8 @@ def _read_source(source: Any, formats: dict[str, Format], problems: list[str], u
     for path in source_files(source.path):
         file = read_file(path)
         problems += file.bad_lines
+        if file.rows is None and file.bad_lines:
+            continue  # every line is bad: each is already listed
         if file.rows is None or len(file.rows) == 0:
             unusable.append(f"{path}: holds no samples. Add data or remove it from `data:`.")
             continue

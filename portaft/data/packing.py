@@ -7,9 +7,10 @@ those positions into a block-diagonal mask, so no sample attends to another, and
 the first label of every sample is -100 so no sample predicts the next one's
 first token. The loss then equals the padded batch's (tests/test_packing.py).
 
-What decides the batches is `TokenBudgetSampler`: samples are packed once, first
-fit in decreasing length, into batches of at most `budget` tokens; each epoch
-shuffles the order of the batches with the seed.
+What decides the batches is `TokenBudgetSampler`: samples are packed once, longest
+first, each into the fullest batch it still fits (best fit decreasing), into batches
+of at most `budget` tokens; each epoch shuffles the order of the batches with the
+seed, the same on every process of a distributed run.
 """
 
 from __future__ import annotations

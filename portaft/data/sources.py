@@ -8,6 +8,7 @@ record's file and line (JSONL) or row (JSON array, parquet, CSV) are always know
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import json
 import tempfile
@@ -18,6 +19,23 @@ from typing import Any
 from portaft.errors import UserError
 
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """No progress bar and no logged parser error while datasets reads a file: portaft
+    reports a file it cannot read itself, with the line."""
+    import logging
+
+    from datasets.utils import logging as datasets_logging
+
+    level = datasets_logging.get_verbosity()
+    datasets_logging.set_verbosity(logging.CRITICAL)
+    try:
+        with progress_bars(False):
+            yield
+    finally:
+        datasets_logging.set_verbosity(level)
 
 
 @contextlib.contextmanager
@@ -57,11 +75,11 @@ def source_files(path: str) -> list[Path]:
 @dataclass
 class SourceFile:
     path: Path
-    rows: Any  # datasets.Dataset of the readable records; None for a file of blank lines
+    rows: Any  # datasets.Dataset of the readable records; None when there are none
     bad_lines: list[str] = field(default_factory=list)  # located messages for unreadable lines
     _lines: list[int] | None = None  # JSONL: the line number of each row
 
-    @property
+    @functools.cached_property
     def is_jsonl(self) -> bool:
         return self.path.suffix.lower() == ".jsonl" or (
             self.path.suffix.lower() == ".json" and not _starts_with_bracket(self.path))
@@ -81,7 +99,7 @@ def read_file(path: Path) -> SourceFile:
 
     builder = BUILDERS[path.suffix.lower()]
     try:
-        with progress_bars(False):  # datasets' "Generating train split" bar says nothing useful here
+        with quiet_datasets():
             return SourceFile(path, load_dataset(builder, data_files=str(path), split="train"))
     except Exception as exc:  # datasets wraps parser errors in several types
         cause = exc.__cause__ or exc
@@ -110,7 +128,7 @@ def _read_jsonl_around_bad_lines(path: Path) -> SourceFile:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 bad.append(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno}).")
                 continue
@@ -119,15 +137,15 @@ def _read_jsonl_around_bad_lines(path: Path) -> SourceFile:
                 continue
             good.append(line if line.endswith("\n") else line + "\n")
             good_lines.append(number)
-    if not bad and not good:
-        return SourceFile(path, None)  # blank lines only
+    if not good:
+        return SourceFile(path, None, bad_lines=bad)  # blank or bad lines only
     if not bad:
         raise UserError(f"{path}: datasets cannot read this file although every line is JSON; "
                         "check that each line's fields have consistent types.")
     with tempfile.TemporaryDirectory(prefix="portaft-") as folder:
         clean = Path(folder) / "good.jsonl"
         clean.write_text("".join(good), encoding="utf-8")
-        with progress_bars(False):
+        with quiet_datasets():
             rows = load_dataset("json", data_files=str(clean), split="train", cache_dir=folder, keep_in_memory=True)
     return SourceFile(path, rows, bad_lines=bad, _lines=good_lines)
 
