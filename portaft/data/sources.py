@@ -104,7 +104,8 @@ def read_file(path: Path) -> SourceFile:
     except Exception as exc:  # datasets wraps parser errors in several types
         cause = exc.__cause__ or exc
         if builder != "json":
-            raise UserError(f"{path}: cannot be read as {builder}: {cause}. Fix or re-export the file.") from None
+            reason = str(cause).rstrip(".")
+            raise UserError(f"{path}: cannot be read as {builder}: {reason}. Fix or re-export the file.") from None
     if _starts_with_bracket(path):
         try:
             json.loads(path.read_text(encoding="utf-8"))
