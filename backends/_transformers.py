@@ -6,11 +6,34 @@ npu.py); vendor-specific calls live only in those modules, imported lazily.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from portaft.errors import UserError
 from portaft.recipe import Recipe
+
+
+@dataclass
+class Library:
+    """The classes a backend trains with: transformers' own, or a vendor's subclasses."""
+
+    name: str
+    auto_tokenizer: Any
+    auto_model: Any
+    training_arguments: Any
+    trainer: Any
+    seq2seq_collator: Any = None  # None: the library has none, portaft supplies its own
+    local_only: bool = False  # the library sends hub ids to its own hub: accept local folders only
+
+
+def transformers_library() -> Library:
+    import transformers
+
+    return Library(f"transformers {transformers.__version__}", transformers.AutoTokenizer,
+                   transformers.AutoModelForCausalLM, transformers.TrainingArguments, transformers.Trainer,
+                   seq2seq_collator=transformers.DataCollatorForSeq2Seq)
+
 
 @dataclass
 class DevicePolicy:
@@ -22,6 +45,10 @@ class DevicePolicy:
     use_cpu: bool  # tell TrainingArguments to stay on the CPU
 
 
+# `device: cpu`: any backend's library code, on the CPU, in float32
+ON_CPU = DevicePolicy(unavailable_reason=lambda: None, supports_bf16=lambda: False, supports_fp16=False, use_cpu=True)
+
+
 @dataclass
 class TransformersBackend:
     name: str
@@ -29,6 +56,8 @@ class TransformersBackend:
     priority: int
     distributed_backend: str
     device: DevicePolicy
+    library: Callable[[], Library] = field(default=transformers_library)
+    library_note: Callable[[], str | None] = field(default=lambda: None)
 
     def is_available(self) -> bool:
         return self.device.unavailable_reason() is None
@@ -41,23 +70,29 @@ class TransformersBackend:
         recipe = recipe.model_copy(deep=True)
         train = recipe.train
         notes: list[str] = []
-        bf16_ok = self.device.supports_bf16()
+        policy = ON_CPU if recipe.device == "cpu" else self.device
+        if recipe.device == "cpu" and self.device is not ON_CPU and self.device_type != "cpu":
+            notes.append(f"device: cpu (the {self.name} backend's library code runs on the CPU, in float32)")
+        library_note = self.library_note()
+        if library_note:
+            notes.append(library_note)
+        bf16_ok = policy.supports_bf16()
 
         if train.get("bf16") and not bf16_ok:
             train["bf16"] = False
-            if self.device.supports_fp16:
+            if policy.supports_fp16:
                 train["fp16"] = True
                 notes.append(f"train.bf16: true -> false, train.fp16: true ({self.name} has no bfloat16 here)")
             else:
                 notes.append(f"train.bf16: true -> false ({self.name} has no bfloat16 here; training in float32)")
-        if train.get("fp16") and not self.device.supports_fp16:
+        if train.get("fp16") and not policy.supports_fp16:
             train["fp16"] = False
             notes.append(f"train.fp16: true -> false ({self.name} cannot train in float16 mixed precision; float32)")
         if "bf16" not in train and "fp16" not in train and recipe.model.dtype == "auto":
-            if bf16_ok and self.device.supports_fp16:  # an accelerator: mixed precision by default
+            if bf16_ok and policy.supports_fp16:  # an accelerator: mixed precision by default
                 train["bf16"] = True
                 notes.append("train.bf16: unset -> true (mixed precision is the default on an accelerator with bfloat16)")
-            elif self.device.supports_fp16:
+            elif policy.supports_fp16:
                 train["fp16"] = True
                 notes.append("train.fp16: unset -> true (no bfloat16 on this device, so float16 mixed precision)")
 
@@ -66,47 +101,53 @@ class TransformersBackend:
             recipe.model.dtype = chosen
             notes.append(f"model.dtype: auto -> {chosen} (matches the training precision)")
         elif recipe.model.dtype == "bfloat16" and not bf16_ok:
-            recipe.model.dtype = "float16" if self.device.supports_fp16 else "float32"
+            recipe.model.dtype = "float16" if policy.supports_fp16 else "float32"
             notes.append(f"model.dtype: bfloat16 -> {recipe.model.dtype} ({self.name} has no bfloat16 here)")
 
-        if self.device.use_cpu and not train.get("use_cpu"):
+        if policy.use_cpu and not train.get("use_cpu"):
             train["use_cpu"] = True
-            notes.append("train.use_cpu: true (the cpu backend never moves the model to an accelerator)")
+            notes.append("train.use_cpu: true (training stays on the CPU, never on an accelerator)")
         return recipe, notes
 
     def load_tokenizer(self, recipe: Recipe) -> Any:
-        from transformers import AutoTokenizer
-
-        return _load("tokenizer", recipe, lambda: AutoTokenizer.from_pretrained(
+        library = self._library_for(recipe)
+        return _load("tokenizer", recipe, lambda: library.auto_tokenizer.from_pretrained(
             recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code))
 
     def load_model(self, recipe: Recipe) -> Any:
         import torch
-        from transformers import AutoModelForCausalLM
 
         from portaft.compat import model_dtype_kwargs
 
+        library = self._library_for(recipe)
         dtype = getattr(torch, recipe.model.dtype)  # resolve() has replaced "auto" by a torch dtype name
-        return _load("model", recipe, lambda: AutoModelForCausalLM.from_pretrained(
+        return _load("model", recipe, lambda: library.auto_model.from_pretrained(
             recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code, **model_dtype_kwargs(dtype)))
 
     def training_arguments(self, **kwargs: Any) -> Any:
-        from transformers import TrainingArguments
-
-        return TrainingArguments(**kwargs)
+        return self.library().training_arguments(**kwargs)
 
     def trainer(self, **kwargs: Any) -> Any:
-        from transformers import Trainer
-
         from portaft.compat import trainer_kwargs
 
+        trainer_class = self.library().trainer
         tokenizer = kwargs.pop("tokenizer", None)
-        return Trainer(**kwargs, **trainer_kwargs(Trainer, tokenizer))
+        return trainer_class(**kwargs, **trainer_kwargs(trainer_class, tokenizer))
 
     def collator(self, tokenizer: Any) -> Any:
-        from transformers import DataCollatorForSeq2Seq
+        collator_class = self.library().seq2seq_collator
+        if collator_class is None:  # openMind ships none: portaft's own (equal to transformers')
+            return None
+        return collator_class(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
 
-        return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
+    def _library_for(self, recipe: Recipe) -> Library:
+        library = self.library()
+        if library.local_only and not Path(recipe.model.name_or_path).is_dir():
+            raise UserError(
+                f"model.name_or_path: {recipe.model.name_or_path!r} is not a local folder. {library.name} would look "
+                "a hub id up on its own hub, not the one you may mean; download the model and give its folder."
+            )
+        return library
 
 
 def _load(what: str, recipe: Recipe, load: Callable[[], Any]) -> Any:

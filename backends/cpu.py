@@ -2,14 +2,10 @@
 
 from portaft import hookimpl
 
-from ._transformers import DevicePolicy, TransformersBackend
+from ._transformers import ON_CPU, TransformersBackend
 
-
-def _bf16_on_cpu() -> bool:
-    return False  # CPU bf16 autocast exists but is slow and inexact on most CPUs: train in float32
-
-
-CPU = DevicePolicy(unavailable_reason=lambda: None, supports_bf16=_bf16_on_cpu, supports_fp16=False, use_cpu=True)
+# float32 only: CPU bf16 autocast exists but is slow and inexact on most CPUs
+CPU = ON_CPU
 
 
 @hookimpl

@@ -1,19 +1,26 @@
-"""The npu backend: Huawei Ascend through torch_npu.
+"""The npu backend: Huawei Ascend through torch_npu and, when installed, openMind.
 
-This module is the only place that imports torch_npu, and only inside functions, so
-loading it on a machine without an NPU costs nothing. It reports itself unavailable
-with the reason until torch_npu imports and sees a device. Training on it goes
-through transformers' Trainer on the `npu` device; the openMind path, the
-effective-recipe rules for 910A/910B and their verification belong to a later step
-(see docs/backends.md: nothing here has run on Ascend hardware).
+This module is the only place that imports torch_npu or openmind, and only inside
+functions, so loading it on a machine without them costs nothing.
+
+- Hardware: available once torch_npu imports and sees a device; bf16 where
+  `torch.npu.is_bf16_supported()` (910B), else fp16 (910A).
+- Library: openMind's Auto classes, TrainingArguments and Trainer when `openmind`
+  imports (they subclass transformers'); else transformers' own on torch_npu, and a
+  note says so. openMind ships no collator: portaft's seq2seq collator is used.
+- `device: cpu` runs the same library code on the CPU: how CI exercises the openMind
+  path for real on a machine without an NPU.
+
+Nothing here has run on Ascend hardware (docs/ascend.md lists what is unverified).
 """
 
 import functools
 import importlib.util
+import sys
 
 from portaft import hookimpl
 
-from ._transformers import DevicePolicy, TransformersBackend
+from ._transformers import DevicePolicy, Library, TransformersBackend, transformers_library
 
 
 @functools.cache
@@ -39,7 +46,50 @@ def _supports_bf16() -> bool:
 NPU = DevicePolicy(unavailable_reason=_unavailable_reason, supports_bf16=_supports_bf16, supports_fp16=True, use_cpu=False)
 
 
+def import_openmind():
+    """`import openmind`, undoing what it does to the process that portaft must not keep:
+    it sets sys.tracebacklimit = 0, which would hide every later traceback."""
+    had_limit, limit = hasattr(sys, "tracebacklimit"), getattr(sys, "tracebacklimit", None)
+    try:
+        import openmind
+    finally:
+        if had_limit:
+            sys.tracebacklimit = limit
+        elif hasattr(sys, "tracebacklimit"):
+            del sys.tracebacklimit
+    return openmind
+
+
+@functools.cache
+def _openmind_problem() -> str | None:
+    """None when openmind imports, else why not (not installed, or its import failed)."""
+    if importlib.util.find_spec("openmind") is None:
+        return "openmind is not installed"
+    try:
+        import_openmind()
+    except Exception as exc:  # e.g. a transformers newer than openMind supports
+        return f"openmind is installed but failed to import ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _library() -> Library:
+    if _openmind_problem() is not None:
+        return transformers_library()
+    openmind = import_openmind()
+    return Library(f"openMind {getattr(openmind, '__version__', '')}".strip(), openmind.AutoTokenizer,
+                   openmind.AutoModelForCausalLM, openmind.TrainingArguments, openmind.Trainer,
+                   seq2seq_collator=None, local_only=True)
+
+
+def _library_note() -> str:
+    problem = _openmind_problem()
+    if problem is None:
+        return f"npu: {_library().name}'s Auto classes, TrainingArguments and Trainer; portaft's collator"
+    return f"npu: {problem}, so transformers' own classes run on torch_npu"
+
+
 @hookimpl
 def register_backends(register):
     # NPU is checked first by `auto`: a machine with an Ascend card may also see a GPU-less torch.
-    register(TransformersBackend(name="npu", device_type="npu", priority=100, distributed_backend="hccl", device=NPU))
+    register(TransformersBackend(name="npu", device_type="npu", priority=100, distributed_backend="hccl",
+                                 device=NPU, library=_library, library_note=_library_note))

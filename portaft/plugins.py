@@ -118,8 +118,13 @@ class Plugins:
             extra = f" Broken plugins (see `portaft plugins`): {', '.join(broken)}." if broken else ""
             raise UserError(f"unknown backend {name!r}. Known backends: {known}.{extra}") from None
 
-    def select_backend(self, name: str) -> Any:
-        """`auto` = the available backend with the highest priority; a name must be available."""
+    def select_backend(self, name: str, device: str = "auto") -> Any:
+        """`auto` = the available backend with the highest priority; a name must be available.
+
+        With device `cpu` the backend's hardware is not needed: its library code runs on
+        the CPU (`auto` is then the cpu backend)."""
+        if device == "cpu":
+            return self.get_backend("cpu" if name == "auto" else name)
         if name == "auto":
             for backend in self.backends.values():
                 if backend.is_available():
@@ -238,4 +243,4 @@ def choose_backend(recipe: Any, explicit: str | None = None) -> Any:
         name = recipe.backend
     else:
         name = os.environ.get("PORTAFT_BACKEND") or "auto"
-    return get_plugins().select_backend(name)
+    return get_plugins().select_backend(name, getattr(recipe, "device", "auto"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +59,10 @@ class LoraSection(_Section):
 
 class Recipe(_Section):
     backend: str = Field("auto", description="cpu, cuda, npu, a plugin's backend, or auto.")
+    device: Literal["auto", "cpu"] = Field(
+        "auto", description="auto: the backend's own hardware; cpu: the backend's library code on the CPU "
+        "(e.g. the npu backend's openMind path on a machine without an NPU)."
+    )
     model: ModelSection
     data: list[DataSource] = Field(min_length=1)
     template: str = Field(
@@ -227,7 +232,7 @@ def apply_overrides(data: dict, overrides: typing.Sequence[str]) -> dict[tuple, 
         if not sep or not key:
             raise UserError(f"override `{text}`: write it as key.path=value, e.g. lora.r=16 or train.learning_rate=1e-4.")
         path = tuple(int(p) if p.isdigit() else p for p in key.split("."))
-        value = raw if _wants_text(path) else _parse_value(raw)
+        value = _override_value(path, raw)
         _set_path(data, path, value, text)
         applied[path] = text
     return applied
@@ -240,31 +245,59 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
-def _wants_text(path: tuple) -> bool:
-    """True where the schema expects a plain string, so `template=123` stays '123'."""
+def _annotation_at(path: tuple) -> Any:
+    """The schema's type annotation at a YAML path, or None where the schema has none."""
     model: Any = Recipe
     for depth, part in enumerate(path):
         if model is None or isinstance(part, int):
             continue
         if model is Recipe and part == "train":
             if depth + 1 != len(path) - 1:
-                return False
+                return None
             field = _training_arguments_schema().model_fields.get(path[-1])
-            return field is not None and _is_text(field.annotation)
+            return field.annotation if field is not None else None
         field = model.model_fields.get(part) if isinstance(model, type) and issubclass(model, BaseModel) else None
         if field is None:
-            return False
-        annotation = field.annotation
+            return None
         if depth == len(path) - 1:
-            return _is_text(annotation)
-        args = typing.get_args(annotation) or (annotation,)
+            return field.annotation
+        args = typing.get_args(annotation := field.annotation) or (annotation,)
         model = next((a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
-    return False
+    return None
+
+
+def _union_members(annotation: Any) -> list[Any]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if a is not type(None)]
+    return [annotation]
 
 
 def _is_text(annotation: Any) -> bool:
-    args = [a for a in (typing.get_args(annotation) or (annotation,)) if a is not type(None)]
-    return args == [str]
+    """Only a string fits here (str or Optional[str])."""
+    return _union_members(annotation) == [str]
+
+
+def _accepts_text(annotation: Any) -> bool:
+    """A string is one of the things that fit (str in a union, a str enum, string literals)."""
+    for member in _union_members(annotation):
+        if member is str or (isinstance(member, type) and issubclass(member, str)):
+            return True
+        if typing.get_origin(member) is Literal and all(isinstance(v, str) for v in typing.get_args(member)):
+            return True
+    return False
+
+
+def _override_value(path: tuple, raw: str) -> Any:
+    """The value of `path=raw`: text where the schema wants text, else YAML, except that
+    YAML 1.1's yes/no/on/off stay words where a word fits (train.save_strategy=no)."""
+    annotation = _annotation_at(path)
+    if annotation is not None and _is_text(annotation):
+        return raw
+    value = _parse_value(raw)
+    if isinstance(value, bool) and raw.lower() not in ("true", "false") and annotation is not None \
+            and _accepts_text(annotation):
+        return raw
+    return value
 
 
 def _set_path(data: Any, path: tuple, value: Any, text: str) -> None:

@@ -46,7 +46,7 @@ def run(
     recipe = load_recipe(recipe, overrides)
     # 2. backend
     chosen = choose_backend(recipe, backend)
-    echo(f"portaft: backend {chosen.name} (device {chosen.device_type})")
+    echo(f"portaft: backend {chosen.name} (device {'cpu' if recipe.device == 'cpu' else chosen.device_type})")
     # 3. resolve: the recipe this backend really runs, every change reported
     effective, notes = chosen.resolve(recipe)
     effective.backend = chosen.name

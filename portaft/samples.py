@@ -21,7 +21,8 @@ def answer_prompts(model: Any, tokenizer: Any, template: str, prompts: list[str]
         messages = ([{"role": "system", "content": system}] if system is not None else []) + [
             {"role": "user", "content": prompt}]
         text = render(tokenizer, template, messages, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(device)
+        encoded = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+        ids = {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
         with torch.no_grad():
             out = model.generate(
                 **ids,

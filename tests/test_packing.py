@@ -8,7 +8,10 @@ import torch
 import portaft
 import portaft.data
 from portaft.data import Seq2SeqCollator
-from portaft.data.packing import TokenBudgetSampler, best_fit_decreasing, default_budget, flattening_collator
+from portaft.data.packing import (TokenBudgetSampler, best_fit_decreasing, default_budget, flattening_collator,
+                                  packing_supported)
+
+needs_packed_masks = pytest.mark.skipif(packing_supported() is not None, reason=str(packing_supported()))
 
 
 @pytest.fixture
@@ -44,6 +47,7 @@ def test_sampler_shuffles_batches_per_epoch_deterministically():
     assert default_budget([10, 20, 30], batch_size=4) == 80
 
 
+@needs_packed_masks
 def test_packed_forward_loss_and_gradients_equal_the_padded_batch(recipe_dict, varied_file, tokenizer, tiny_model):
     from transformers import AutoModelForCausalLM
 
@@ -75,6 +79,7 @@ def test_packed_forward_loss_and_gradients_equal_the_padded_batch(recipe_dict, v
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
+@needs_packed_masks
 def test_a_packed_run_logs_the_same_losses_as_padding_the_same_batches(recipe_dict, varied_file, monkeypatch):
     recipe = {**recipe_dict, "data": [{"path": str(varied_file)}], "packing": True,
               "train": {**recipe_dict["train"], "max_steps": 5, "save_strategy": "no"}}
@@ -96,3 +101,10 @@ def _tokenizer_of(recipe):
     tokenizer = AutoTokenizer.from_pretrained(recipe["model"]["name_or_path"])
     tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+@pytest.mark.skipif(packing_supported() is None, reason="this transformers supports packed masks")
+def test_packing_is_turned_off_with_a_note_where_transformers_cannot_mask_packed_samples(recipe_dict):
+    result = portaft.run({**recipe_dict, "packing": True, "train": {**recipe_dict["train"], "max_steps": 1}},
+                         backend="cpu", echo=lambda _: None)
+    assert any(n.startswith("packing: true -> false (transformers ") for n in result.notes)

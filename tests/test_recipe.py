@@ -124,3 +124,11 @@ def test_example_recipes_validate(name, monkeypatch):
     monkeypatch.chdir(REPO)  # example paths are relative to the repository root
     recipe = load_recipe(REPO / "examples" / name)
     assert recipe.template == "deepseek"
+
+
+def test_overrides_keep_yaml_words_where_a_word_fits_and_parse_lists(recipe_dict):
+    recipe = load_recipe(recipe_dict, ["train.save_strategy=no", "eval_prompts=[]", "train.bf16=false",
+                                       "system=123", "packing=yes"])
+    assert str(recipe.train["save_strategy"]) in ("no", "SaveStrategy.NO", "IntervalStrategy.NO")
+    assert recipe.eval_prompts == [] and recipe.train["bf16"] is False
+    assert recipe.system == "123" and recipe.packing is True

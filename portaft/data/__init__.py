@@ -22,7 +22,7 @@ from .collator import Seq2SeqCollator
 from .encode import CUT_IN_PROMPT, NOT_CUT, EncodeSettings, Encoder
 from .formats import BadSample, Format, detect_format, normalise
 from .mixing import mixed_rows
-from .sources import progress_bars, read_file, source_files
+from .sources import progress_bars, read_file, records_of, source_files
 from .templates import check_template, choose_template
 
 __all__ = ["BadSample", "Built", "Seq2SeqCollator", "SourceReport", "build", "check", "load", "prepare_tokenizer"]
@@ -147,11 +147,11 @@ def _read_source(source: Any, formats: dict[str, Format], problems: list[str], u
             continue
         name = source.format
         if name == "auto":
-            name = detect_format(file.rows[0], formats)
+            name = detect_format(file.first_record(), formats)
             if name is None:
                 unusable.append(
                     f"{file.where(0)}: cannot tell the data format from the record's keys "
-                    f"({', '.join(file.rows.column_names)}). Formats and their keys: "
+                    f"({', '.join(file.first_record())}). Formats and their keys: "
                     + "; ".join(f"{f.name} ({', '.join(f.keys)})" for f in formats.values())
                     + ". Set `format:` or fix the data."
                 )
@@ -195,11 +195,10 @@ class _Checker:
         self.fmt = fmt
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        size = len(next(iter(batch.values())))
         errors = []
-        for i in range(size):
+        for record in records_of(batch):
             try:
-                normalise({key: values[i] for key, values in batch.items()}, self.fmt)
+                normalise(record, self.fmt)
                 errors.append("")
             except Exception as exc:  # BadSample, or a plugin format's own error
                 errors.append(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from .formats import Format, normalise
+from .sources import records_of
 from .templates import reply_shape, trained_spans
 
 IGNORE = -100
@@ -69,8 +70,8 @@ class Encoder:
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         """Render a chunk, hand it to the tokenizer on a second thread (the Rust tokenizer
         runs without the GIL), render the next chunk meanwhile; then mask them all."""
-        size = len(next(iter(batch.values())))
-        records = [{key: values[i] for key, values in batch.items()} for i in range(size)]
+        records = records_of(batch)
+        size = len(records)
         pending, errors = [], []
         for start in range(0, size, CHUNK):
             texts, spans = self._render_chunk(records[start:start + CHUNK], errors)

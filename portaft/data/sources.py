@@ -11,7 +11,6 @@ import contextlib
 import functools
 import glob
 import json
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,29 +71,46 @@ def source_files(path: str) -> list[Path]:
     return readable
 
 
+RAW = "__json__"  # the one column of a file datasets could not type: each record as JSON text
+
+
+def records_of(batch: dict[str, list]) -> list[dict]:
+    """A datasets batch as a list of records (decoding RAW rows)."""
+    if RAW in batch:
+        return [json.loads(text) for text in batch[RAW]]
+    size = len(next(iter(batch.values())))
+    return [{key: values[i] for key, values in batch.items()} for i in range(size)]
+
+
 @dataclass
 class SourceFile:
     path: Path
     rows: Any  # datasets.Dataset of the readable records; None when there are none
     bad_lines: list[str] = field(default_factory=list)  # located messages for unreadable lines
-    _lines: list[int] | None = None  # JSONL: the line number of each row
+    _positions: list[int] | None = None  # line (JSONL) or sample number (JSON array) of each row
 
     @functools.cached_property
     def is_jsonl(self) -> bool:
         return self.path.suffix.lower() == ".jsonl" or (
             self.path.suffix.lower() == ".json" and not _starts_with_bracket(self.path))
 
+    def first_record(self) -> dict:
+        return records_of(self.rows[:1])[0]
+
     def where(self, row: int) -> str:
         """'file:LINE' for JSONL, 'file: sample N' for JSON arrays, 'file: row N' for tables."""
         if self.is_jsonl:
-            if self._lines is None:
-                self._lines = _record_lines(self.path)
-            return f"{self.path}:{self._lines[row]}"
+            if self._positions is None:
+                self._positions = _record_lines(self.path)
+            return f"{self.path}:{self._positions[row]}"
         kind = "sample" if self.path.suffix.lower() == ".json" else "row"
-        return f"{self.path}: {kind} {row + 1}"
+        return f"{self.path}: {kind} {self._positions[row] if self._positions else row + 1}"
 
 
 def read_file(path: Path) -> SourceFile:
+    """Read with datasets; where datasets cannot (a broken line, fields whose type changes
+    from record to record), read the records with Python's json and keep each as JSON
+    text in one column, so every datasets version reads every record the same way."""
     from datasets import load_dataset
 
     builder = BUILDERS[path.suffix.lower()]
@@ -102,27 +118,33 @@ def read_file(path: Path) -> SourceFile:
         with quiet_datasets():
             return SourceFile(path, load_dataset(builder, data_files=str(path), split="train"))
     except Exception as exc:  # datasets wraps parser errors in several types
-        cause = exc.__cause__ or exc
         if builder != "json":
-            reason = str(cause).rstrip(".")
+            reason = str(exc.__cause__ or exc).rstrip(".")
             raise UserError(f"{path}: cannot be read as {builder}: {reason}. Fix or re-export the file.") from None
     if _starts_with_bracket(path):
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}). "
-                            "A broken JSON array cannot be skipped around: fix the file.") from None
-        except UnicodeDecodeError as exc:
-            raise UserError(f"{path}: not UTF-8 text ({exc}). Re-save it as UTF-8.") from None
-        raise UserError(f"{path}: a JSON array that datasets cannot read ({cause}). Write it as JSONL instead.")
-    return _read_jsonl_around_bad_lines(path)
+        return _read_json_array(path)
+    return _read_jsonl_line_by_line(path)
 
 
-def _read_jsonl_around_bad_lines(path: Path) -> SourceFile:
-    """datasets refused the file: find every bad line, then read the good ones, so that
-    the records' own problems are found in the same pass."""
-    from datasets import load_dataset
+def _read_json_array(path: Path) -> SourceFile:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}). "
+                        "A broken JSON array cannot be skipped around: fix the file.") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc}). Re-save it as UTF-8.") from None
+    good, numbers, bad = [], [], []
+    for number, value in enumerate(values if isinstance(values, list) else [values], start=1):
+        if isinstance(value, dict):
+            good.append(json.dumps(value, ensure_ascii=False))
+            numbers.append(number)
+        else:
+            bad.append(f"{path}: sample {number}: a JSON {type(value).__name__}, not an object with the sample's fields.")
+    return SourceFile(path, _raw_rows(good), bad_lines=bad, _positions=numbers)
 
+
+def _read_jsonl_line_by_line(path: Path) -> SourceFile:
     good, good_lines, bad = [], [], []
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, start=1):
@@ -136,19 +158,15 @@ def _read_jsonl_around_bad_lines(path: Path) -> SourceFile:
             if not isinstance(value, dict):
                 bad.append(f"{path}:{number}: a JSON {type(value).__name__}, not an object with the sample's fields.")
                 continue
-            good.append(line if line.endswith("\n") else line + "\n")
+            good.append(line.rstrip("\r\n"))
             good_lines.append(number)
-    if not good:
-        return SourceFile(path, None, bad_lines=bad)  # blank or bad lines only
-    if not bad:
-        raise UserError(f"{path}: datasets cannot read this file although every line is JSON; "
-                        "check that each line's fields have consistent types.")
-    with tempfile.TemporaryDirectory(prefix="portaft-") as folder:
-        clean = Path(folder) / "good.jsonl"
-        clean.write_text("".join(good), encoding="utf-8")
-        with quiet_datasets():
-            rows = load_dataset("json", data_files=str(clean), split="train", cache_dir=folder, keep_in_memory=True)
-    return SourceFile(path, rows, bad_lines=bad, _lines=good_lines)
+    return SourceFile(path, _raw_rows(good), bad_lines=bad, _positions=good_lines)
+
+
+def _raw_rows(texts: list[str]) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_dict({RAW: texts}) if texts else None
 
 
 def _starts_with_bracket(path: Path) -> bool:

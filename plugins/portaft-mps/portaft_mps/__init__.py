@@ -60,7 +60,9 @@ class MpsBackend:
     def trainer(self, tokenizer=None, **kwargs):
         from transformers import Trainer
 
-        return Trainer(processing_class=tokenizer, **kwargs)
+        from portaft.compat import trainer_kwargs  # `tokenizer` or `processing_class`, by version
+
+        return Trainer(**kwargs, **trainer_kwargs(Trainer, tokenizer))
 
     def collator(self, tokenizer):
         return None  # portaft supplies its own seq2seq collator

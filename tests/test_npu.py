@@ -1,0 +1,122 @@
+"""The npu backend: its device module simulated (with and without a working torch_npu),
+and its openMind library path run for real on the CPU (`device: cpu`) where openmind is
+installed (the second CI environment, scripts/openmind-env.sh)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import portaft
+from portaft import UserError, load_recipe
+
+has_openmind = importlib.util.find_spec("openmind") is not None
+needs_openmind = pytest.mark.skipif(not has_openmind, reason="openmind is not installed (scripts/openmind-env.sh)")
+
+
+@pytest.fixture
+def npu_module():
+    """backends/npu.py with its caches cleared, restored afterwards."""
+    from portaft.backends import npu
+
+    npu._unavailable_reason.cache_clear()
+    npu._openmind_problem.cache_clear()
+    yield npu
+    npu._unavailable_reason.cache_clear()
+    npu._openmind_problem.cache_clear()
+
+
+def fake_torch_npu(monkeypatch, *, available: bool, bf16: bool, broken: bool = False):
+    """A stand-in torch_npu: importing it adds torch.npu, as the real one does."""
+    module = types.ModuleType("torch_npu")
+    module.__spec__ = importlib.machinery.ModuleSpec("torch_npu", loader=None)
+    if broken:
+        monkeypatch.setitem(sys.modules, "torch_npu", None)  # `import torch_npu` raises ImportError
+        monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: module.__spec__ if name == "torch_npu"
+                            else _real_find_spec(name, *a))
+        return
+    monkeypatch.setitem(sys.modules, "torch_npu", module)
+    monkeypatch.setattr(torch, "npu", types.SimpleNamespace(is_available=lambda: available,
+                                                            is_bf16_supported=lambda: bf16), raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: module.__spec__ if name == "torch_npu"
+                        else _real_find_spec(name, *a))
+
+
+_real_find_spec = importlib.util.find_spec
+
+
+@pytest.mark.parametrize("bf16, precision", [(True, "bf16"), (False, "fp16")])
+def test_a_visible_npu_is_available_and_picks_its_precision(npu_module, monkeypatch, recipe_dict, bf16, precision):
+    fake_torch_npu(monkeypatch, available=True, bf16=bf16)
+    npu = portaft.get_backend("npu")
+    assert npu.unavailable_reason() is None and npu.is_available()
+    effective, notes = npu.resolve(load_recipe(recipe_dict))
+    assert effective.train[precision] is True
+    assert effective.model.dtype == ("bfloat16" if bf16 else "float16")
+    assert f"train.{precision}: unset -> true" in "\n".join(notes)
+
+
+def test_bf16_asked_on_a_910a_becomes_fp16_with_a_note(npu_module, monkeypatch, recipe_dict):
+    fake_torch_npu(monkeypatch, available=True, bf16=False)
+    recipe = load_recipe({**recipe_dict, "train": {**recipe_dict["train"], "bf16": True}})
+    effective, notes = portaft.get_backend("npu").resolve(recipe)
+    assert effective.train["bf16"] is False and effective.train["fp16"] is True
+    assert "train.bf16: true -> false, train.fp16: true (npu has no bfloat16 here)" in notes
+
+
+def test_no_visible_npu_and_a_broken_torch_npu_are_explained(npu_module, monkeypatch):
+    fake_torch_npu(monkeypatch, available=False, bf16=False)
+    assert "no Ascend device is visible" in portaft.get_backend("npu").unavailable_reason()
+    npu_module._unavailable_reason.cache_clear()
+    fake_torch_npu(monkeypatch, available=False, bf16=False, broken=True)
+    assert "torch_npu is installed but failed to import" in portaft.get_backend("npu").unavailable_reason()
+
+
+def test_device_cpu_selects_a_backend_without_its_hardware(recipe_dict):
+    recipe = load_recipe({**recipe_dict, "backend": "npu", "device": "cpu"})
+    assert portaft.plugins.choose_backend(recipe).name == "npu"
+    effective, notes = portaft.get_backend("npu").resolve(recipe)
+    assert effective.train["use_cpu"] is True and effective.model.dtype == "float32"
+    assert not effective.train.get("bf16") and not effective.train.get("fp16")
+    assert "device: cpu (the npu backend's library code runs on the CPU, in float32)" in notes
+
+
+def test_a_run_on_another_backend_never_imports_openmind_or_torch_npu(recipe_dict, write_recipe):
+    recipe = write_recipe({**recipe_dict, "train": {**recipe_dict["train"], "max_steps": 1}})
+    code = ("import sys, portaft; portaft.run(sys.argv[1], backend='cpu', echo=lambda _: None); "
+            "print(sorted(m for m in ('openmind', 'torch_npu') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(recipe)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@needs_openmind
+def test_the_openmind_path_trains_on_the_cpu_exactly_like_the_cpu_backend(recipe_dict, tmp_path):
+    """cpu vs npu-on-cpu: same seed, data and fp32: the same losses, bit for bit."""
+    cpu = portaft.run({**recipe_dict, "train": {**recipe_dict["train"], "output_dir": str(tmp_path / "cpu")}},
+                      backend="cpu", echo=lambda _: None)
+    npu = portaft.run({**recipe_dict, "device": "cpu", "train": {**recipe_dict["train"], "output_dir": str(tmp_path / "npu")}},
+                      backend="npu", echo=lambda _: None)
+    assert any(n.startswith("npu: openMind") for n in npu.notes)
+    cpu_losses = [e["loss"] for e in cpu.log_history if "loss" in e]
+    npu_losses = [e["loss"] for e in npu.log_history if "loss" in e]
+    assert len(npu_losses) == 4 and npu_losses == cpu_losses
+    assert getattr(sys, "tracebacklimit", None) is None  # openmind's import set it to 0; portaft undid it
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(recipe_dict["model"]["name_or_path"])
+    PeftModel.from_pretrained(base, npu.output_dir)
+    record = json.loads((npu.output_dir / "portaft_run.json").read_text(encoding="utf-8"))
+    assert record["backend"] == "npu" and record["device"] == "cpu"
+
+
+@needs_openmind
+def test_the_openmind_path_refuses_a_hub_id(recipe_dict):
+    recipe = {**recipe_dict, "device": "cpu", "model": {"name_or_path": "deepseek-ai/deepseek-llm-7b-chat"}}
+    with pytest.raises(UserError, match="is not a local folder. openMind .* would look a hub id up on its own hub"):
+        portaft.run(recipe, backend="npu", echo=lambda _: None)
