@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ def run(
     from .plugins import choose_backend, get_plugins
 
     started = time.time()
+    world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        echo = _silent  # under torchrun every process runs this; the first one speaks
     # 1. recipe
     recipe = load_recipe(recipe, overrides)
     # 2. backend
@@ -51,13 +55,19 @@ def run(
     effective, notes = chosen.resolve(recipe)
     effective.backend = chosen.name
     notes += data.packing.resolve_packing(effective)
+    if world_size > 1 and not effective.train.get("ddp_backend"):
+        effective.train["ddp_backend"] = chosen.distributed_backend
+        notes.append(f"train.ddp_backend: unset -> {chosen.distributed_backend} ({world_size} processes on {chosen.name})")
+    args = chosen.training_arguments(**{"remove_unused_columns": False, **effective.train})
     # 4. tokenizer (the model is loaded after the data, which may still be refused)
     tokenizer = chosen.load_tokenizer(effective)
     notes += data.prepare_tokenizer(tokenizer)
     for note in notes:
         echo(f"portaft: {note}")
-    # 5. data: encoded, mixed; with packing, token-budget batches
-    built = data.build(effective, tokenizer)
+    # 5. data: encoded, mixed; with packing, token-budget batches. The first process
+    # encodes (and fills datasets' cache) before the others read it.
+    with args.main_process_first(desc="portaft data"):
+        built = data.build(effective, tokenizer)
     for r in built.reports:
         echo(f"portaft: {data.describe(r, effective.max_length)}")
     for line in built.warnings[:1 + data.SHOWN_PROBLEMS]:
@@ -76,27 +86,29 @@ def run(
     echo(f"portaft: {trainable_summary(model)}")
     # 6. train
     output_dir = Path(effective.train["output_dir"])
-    args = chosen.training_arguments(**{"remove_unused_columns": False, **effective.train})
     trainer = chosen.trainer(model=model, args=args, train_dataset=built.dataset, data_collator=collator, tokenizer=tokenizer)
     if sampler is not None:
         data.packing.use_packed_batches(trainer, sampler, collator)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ReadableProgress)
     ask = functools.partial(_answer_and_show, tokenizer=tokenizer, template=template, system=effective.system,
-                            prompts=effective.eval_prompts, device=args.device, echo=echo)
+                            prompts=effective.eval_prompts if rank == 0 else [], device=args.device, echo=echo)
     before = ask("before training", trainer.model)
     output = trainer.train()
     after = ask("after training", trainer.model)
     # 7. save: adapter + tokenizer (carrying the template it was trained with), recipe, record
     tokenizer.chat_template = template
+    trainer.save_model(str(output_dir))  # the Trainer saves from the first process only
+    result = RunResult(output_dir, chosen.name, notes, dict(output.metrics), list(trainer.state.log_history), before, after)
+    if not trainer.is_world_process_zero():
+        return result
     output_dir.mkdir(parents=True, exist_ok=True)
-    trainer.save_model(str(output_dir))
     tokenizer.save_pretrained(str(output_dir))
     write_recipe(output_dir, effective, notes)
-    result = RunResult(output_dir, chosen.name, notes, dict(output.metrics), list(trainer.state.log_history), before, after)
     write_run(output_dir, {
         "backend": chosen.name,
         "device": str(args.device),
+        "processes": world_size,
         "template": built.template_name,
         "versions": library_versions(),
         "notes": notes,
@@ -109,6 +121,10 @@ def run(
     })
     echo(f"portaft: adapter saved in {output_dir}")
     return result
+
+
+def _silent(_: str) -> None:
+    pass
 
 
 def _answer_and_show(when: str, model: Any, *, tokenizer: Any, template: str, system: str | None,

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="fine-tune as a recipe says")
@@ -10,14 +14,37 @@ def add_parser(sub) -> None:
     p.add_argument("--backend", help="cpu, cuda, npu, a plugin's, or auto (overrides the recipe)")
     p.add_argument("--device", choices=["auto", "cpu"],
                    help="cpu: run the backend's library code on the CPU (overrides the recipe's device)")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train in N processes on this machine through torchrun (DDP: gloo, nccl or hccl)")
     p.add_argument("--skip-bad-samples", action="store_true", help="count and skip bad records instead of stopping")
     p.set_defaults(handler=handle)
 
 
 def handle(args) -> int:
-    from portaft.runner import run
-
     overrides = list(args.overrides) + (["skip_bad_samples=true"] if args.skip_bad_samples else [])
     overrides += [f"device={args.device}"] if args.device else []
+    if args.nproc < 1:
+        from portaft.errors import UserError
+
+        raise UserError(f"--nproc {args.nproc}: give a number of processes, 1 or more.")
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return launch(args, overrides)
+    from portaft.runner import run
+
     run(args.recipe, backend=args.backend, overrides=overrides)
     return 0
+
+
+def launch(args, overrides: list[str]) -> int:
+    """Check what can be checked here (recipe, backend), then start N copies of this
+    command under torchrun; each one trains as one process of a DDP run."""
+    from portaft.plugins import choose_backend
+    from portaft.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, overrides)
+    backend = choose_backend(recipe, args.backend)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "portaft", "run", args.recipe, "--backend", backend.name, *overrides]
+    print(f"portaft: launching {args.nproc} processes on {backend.name} ({backend.distributed_backend}) with torchrun",
+          flush=True)
+    return subprocess.call(command)
