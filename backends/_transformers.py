@@ -43,6 +43,8 @@ class DevicePolicy:
     supports_bf16: Callable[[], bool]
     supports_fp16: bool
     use_cpu: bool  # tell TrainingArguments to stay on the CPU
+    has_flash_attention: Callable[[], bool] = lambda: False  # the flash_attn package works here
+    fused_adamw: str | None = "adamw_torch_fused"  # this device's fused AdamW (TrainingArguments optim name)
 
 
 # `device: cpu`: any backend's library code, on the CPU, in float32
@@ -104,6 +106,15 @@ class TransformersBackend:
             recipe.model.dtype = "float16" if policy.supports_fp16 else "float32"
             notes.append(f"model.dtype: bfloat16 -> {recipe.model.dtype} ({self.name} has no bfloat16 here)")
 
+        if recipe.model.attn_implementation == "flash_attention_2" and not policy.has_flash_attention():
+            recipe.model.attn_implementation = "sdpa"
+            notes.append(f"model.attn_implementation: flash_attention_2 -> sdpa (no flash-attn kernels on {self.name} here; "
+                         "sdpa computes the same attention)")
+        optim = str(getattr(train.get("optim"), "value", train.get("optim") or ""))
+        if optim.startswith("adamw_torch") and "fused" in optim and optim != policy.fused_adamw:
+            train["optim"] = policy.fused_adamw or "adamw_torch"
+            notes.append(f"train.optim: {optim} -> {train['optim']} "
+                         f"({'its fused AdamW' if policy.fused_adamw else 'no fused AdamW'} on {self.name})")
         if policy.use_cpu and not train.get("use_cpu"):
             train["use_cpu"] = True
             notes.append("train.use_cpu: true (training stays on the CPU, never on an accelerator)")
@@ -121,8 +132,10 @@ class TransformersBackend:
 
         library = self._library_for(recipe)
         dtype = getattr(torch, recipe.model.dtype)  # resolve() has replaced "auto" by a torch dtype name
+        extra = {} if recipe.model.attn_implementation == "auto" else {"attn_implementation": recipe.model.attn_implementation}
         return _load("model", recipe, lambda: library.auto_model.from_pretrained(
-            recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code, **model_dtype_kwargs(dtype)))
+            recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code, **model_dtype_kwargs(dtype),
+            **extra))
 
     def training_arguments(self, **kwargs: Any) -> Any:
         return self.library().training_arguments(**kwargs)

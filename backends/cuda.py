@@ -21,7 +21,14 @@ def _supports_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
-CUDA = DevicePolicy(unavailable_reason=_unavailable_reason, supports_bf16=_supports_bf16, supports_fp16=True, use_cpu=False)
+def _has_flash_attention() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+CUDA = DevicePolicy(unavailable_reason=_unavailable_reason, supports_bf16=_supports_bf16, supports_fp16=True,
+                    use_cpu=False, has_flash_attention=_has_flash_attention)
 
 
 @hookimpl

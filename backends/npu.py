@@ -43,7 +43,9 @@ def _supports_bf16() -> bool:
     return _unavailable_reason() is None and torch.npu.is_bf16_supported()  # 910A: no; 910B: yes
 
 
-NPU = DevicePolicy(unavailable_reason=_unavailable_reason, supports_bf16=_supports_bf16, supports_fp16=True, use_cpu=False)
+# flash-attn (CUDA kernels) never runs on Ascend; torch_npu has its own fused AdamW
+NPU = DevicePolicy(unavailable_reason=_unavailable_reason, supports_bf16=_supports_bf16, supports_fp16=True,
+                   use_cpu=False, fused_adamw="adamw_torch_npu_fused")
 
 
 def import_openmind():

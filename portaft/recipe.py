@@ -32,6 +32,9 @@ class ModelSection(_Section):
         "auto", description="Weights' dtype when loaded; auto = the backend's choice for its hardware."
     )
     trust_remote_code: bool = False
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="Attention kernels; auto = transformers' default. Backends map what they lack."
+    )
 
 
 class DataSource(_Section):

@@ -120,3 +120,22 @@ def test_the_openmind_path_refuses_a_hub_id(recipe_dict):
     recipe = {**recipe_dict, "device": "cpu", "model": {"name_or_path": "deepseek-ai/deepseek-llm-7b-chat"}}
     with pytest.raises(UserError, match="is not a local folder. openMind .* would look a hub id up on its own hub"):
         portaft.run(recipe, backend="npu", echo=lambda _: None)
+
+
+def test_what_ascend_lacks_is_mapped_with_a_note(npu_module, monkeypatch, recipe_dict):
+    fake_torch_npu(monkeypatch, available=True, bf16=True)
+    recipe = load_recipe({**recipe_dict, "model": {**recipe_dict["model"], "attn_implementation": "flash_attention_2"},
+                          "train": {**recipe_dict["train"], "optim": "adamw_torch_fused"}})
+    effective, notes = portaft.get_backend("npu").resolve(recipe)
+    assert effective.model.attn_implementation == "sdpa"
+    assert str(getattr(effective.train["optim"], "value", effective.train["optim"])) == "adamw_torch_npu_fused"
+    assert any(n.startswith("model.attn_implementation: flash_attention_2 -> sdpa (no flash-attn kernels on npu") for n in notes)
+    assert "train.optim: adamw_torch_fused -> adamw_torch_npu_fused (its fused AdamW on npu)" in notes
+    assert recipe.model.attn_implementation == "flash_attention_2"  # the recipe as written is untouched
+
+
+def test_an_attention_choice_reaches_the_model(recipe_dict):
+    recipe = load_recipe({**recipe_dict, "model": {**recipe_dict["model"], "attn_implementation": "eager"}})
+    cpu = portaft.get_backend("cpu")
+    effective, _ = cpu.resolve(recipe)
+    assert cpu.load_model(effective).config._attn_implementation == "eager"
