@@ -40,7 +40,7 @@ def run(
     from .adapters import apply_lora, trainable_summary
     from .callbacks import ReadableProgress
     from .outputs import library_versions, write_recipe, write_run
-    from .plugins import choose_backend, get_plugins
+    from .plugins import choose_backend
 
     started = time.time()
     world_size, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))

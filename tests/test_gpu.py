@@ -32,12 +32,13 @@ def test_packed_batches_give_the_padded_loss_on_cuda(recipe_dict, tokenizer, tin
     from transformers import AutoModelForCausalLM
 
     import portaft.data
+    from portaft.compat import model_dtype_kwargs
     from portaft.data import Seq2SeqCollator
     from portaft.data.packing import flattening_collator
 
     rows = portaft.data.load(recipe_dict, tokenizer)
     features = [rows[i] for i in range(len(rows))]
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).cuda()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, **model_dtype_kwargs(torch.float32)).cuda()
     with torch.no_grad():
         padded = model(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in Seq2SeqCollator(tokenizer)(features).items()})
         packed = model(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in flattening_collator()(features).items()})

@@ -8,10 +8,8 @@ import torch
 import portaft
 import portaft.data
 from portaft.data import Seq2SeqCollator
-from portaft.data.packing import (TokenBudgetSampler, best_fit_decreasing, default_budget, flattening_collator,
-                                  packing_supported)
-
-needs_packed_masks = pytest.mark.skipif(packing_supported() is not None, reason=str(packing_supported()))
+from portaft.data.packing import (FlatteningCollator, TokenBudgetSampler, best_fit_decreasing, default_budget,
+                                  flattening_collator, packing_supported)
 
 
 @pytest.fixture
@@ -47,18 +45,22 @@ def test_sampler_shuffles_batches_per_epoch_deterministically():
     assert default_budget([10, 20, 30], batch_size=4) == 80
 
 
-@needs_packed_masks
-def test_packed_forward_loss_and_gradients_equal_the_padded_batch(recipe_dict, varied_file, tokenizer, tiny_model):
+@pytest.mark.parametrize("collator", ["for this transformers", "explicit mask"])
+def test_packed_forward_loss_and_gradients_equal_the_padded_batch(recipe_dict, varied_file, tokenizer, tiny_model,
+                                                                   collator):
+    """Both ways of keeping packed samples apart: position_ids read by transformers
+    (>= the masking_utils version), and the explicit block-diagonal mask (older ones)."""
     from transformers import AutoModelForCausalLM
 
     from portaft.adapters import apply_lora
+    from portaft.compat import model_dtype_kwargs
     from portaft.recipe import LoraSection
 
     rows = portaft.data.load({**recipe_dict, "data": [{"path": str(varied_file)}]}, tokenizer)
     features = [rows[i] for i in range(len(rows))]
     assert len({len(f["input_ids"]) for f in features}) > 4  # really different lengths
     torch.manual_seed(0)
-    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32),
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model, **model_dtype_kwargs(torch.float32)),
                        LoraSection(r=4, alpha=8, dropout=0.0), False)
 
     def loss_and_grads(batch):
@@ -68,8 +70,9 @@ def test_packed_forward_loss_and_gradients_equal_the_padded_batch(recipe_dict, v
         return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
 
     padded = Seq2SeqCollator(tokenizer)(features)
-    packed = flattening_collator()(features)
-    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed
+    packed = (flattening_collator() if collator == "for this transformers" else FlatteningCollator("float32"))(features)
+    assert packed["input_ids"].shape[0] == 1
+    assert ("attention_mask" in packed) == (collator == "explicit mask" or packing_supported() is not None)
     assert packed["position_ids"][0].tolist() == [p for f in features for p in range(len(f["input_ids"]))]
     assert packed["input_ids"].shape[1] == sum(len(f["input_ids"]) for f in features) < padded["input_ids"].numel()
     padded_loss, padded_grads = loss_and_grads(padded)
@@ -79,14 +82,13 @@ def test_packed_forward_loss_and_gradients_equal_the_padded_batch(recipe_dict, v
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-@needs_packed_masks
 def test_a_packed_run_logs_the_same_losses_as_padding_the_same_batches(recipe_dict, varied_file, monkeypatch):
     recipe = {**recipe_dict, "data": [{"path": str(varied_file)}], "packing": True,
               "train": {**recipe_dict["train"], "max_steps": 5, "save_strategy": "no"}}
     packed = portaft.run({**recipe, "train": {**recipe["train"], "output_dir": recipe["train"]["output_dir"] + "-p"}},
                          backend="cpu", echo=lambda _: None)
     # the same run with the same token-budget batches, padded instead of flattened
-    monkeypatch.setattr("portaft.data.packing.flattening_collator", lambda: Seq2SeqCollator(_tokenizer_of(recipe)))
+    monkeypatch.setattr("portaft.data.packing.flattening_collator", lambda *_: Seq2SeqCollator(_tokenizer_of(recipe)))
     padded = portaft.run(recipe, backend="cpu", echo=lambda _: None)
     packed_losses = [e["loss"] for e in packed.log_history if "loss" in e]
     padded_losses = [e["loss"] for e in padded.log_history if "loss" in e]
@@ -103,8 +105,8 @@ def _tokenizer_of(recipe):
     return tokenizer
 
 
-@pytest.mark.skipif(packing_supported() is None, reason="this transformers supports packed masks")
-def test_packing_is_turned_off_with_a_note_where_transformers_cannot_mask_packed_samples(recipe_dict):
+@pytest.mark.skipif(packing_supported() is None, reason="this transformers reads packed position_ids itself")
+def test_where_transformers_cannot_read_packed_positions_a_note_says_masks_are_explicit(recipe_dict):
     result = portaft.run({**recipe_dict, "packing": True, "train": {**recipe_dict["train"], "max_steps": 1}},
                          backend="cpu", echo=lambda _: None)
-    assert any(n.startswith("packing: true -> false (transformers ") for n in result.notes)
+    assert any("each packed batch carries an explicit block-diagonal attention mask" in n for n in result.notes)

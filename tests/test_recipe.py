@@ -90,7 +90,7 @@ def test_overrides_are_typed_by_the_schema(recipe_dict):
 
 
 def test_override_into_a_list_item(recipe_dict, conversation_file):
-    recipe = load_recipe(recipe_dict, [f"data.0.format=xtuner"])
+    recipe = load_recipe(recipe_dict, ["data.0.format=xtuner"])
     assert recipe.data[0].format == "xtuner"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from portaft.errors import UserError
 from portaft.recipe import Recipe, RecipeSource, load_recipe
 
-from . import packing
+from . import packing  # noqa: F401  (portaft.data.packing, used by the runner)
 from .collator import Seq2SeqCollator
 from .encode import CUT_IN_PROMPT, NOT_CUT, EncodeSettings, Encoder
 from .formats import BadSample, Format, detect_format, normalise

@@ -83,12 +83,13 @@ def default_budget(lengths: list[int], batch_size: int) -> int:
 
 
 def resolve_packing(recipe: Any) -> list[str]:
-    """Turn packing off, with a note, where transformers would let packed samples mix."""
+    """Where transformers cannot read packed position_ids (4.45, the openMind stack),
+    packing still works: each batch carries an explicit block-diagonal mask. Say so."""
     reason = packing_supported() if recipe.packing else None
     if reason is None:
         return []
-    recipe.packing = False
-    return [f"packing: true -> false ({reason})"]
+    return [f"packing: {reason.split(', so ')[0]}, so each packed batch carries an explicit block-diagonal "
+            "attention mask (its memory grows with the square of the batch's tokens)"]
 
 
 def packed_batches(lengths: list[int], recipe: Any) -> tuple[TokenBudgetSampler, Any, str]:
@@ -100,25 +101,46 @@ def packed_batches(lengths: list[int], recipe: Any) -> tuple[TokenBudgetSampler,
     fill = sum(lengths) / (len(sampler) * sampler.budget)
     note = (f"packing: {len(lengths)} samples in {len(sampler)} padding-free batches of at most "
             f"{sampler.budget} tokens ({how}), {fill:.0%} full")
-    return sampler, flattening_collator(), note
+    return sampler, flattening_collator(recipe.model.dtype), note
 
 
 class FlatteningCollator:
     """transformers' DataCollatorWithFlattening, plus `use_cache=False` in every batch:
     transformers only reads packed position_ids as sequence boundaries when no KV
-    cache is passed, and a model whose config says use_cache would make one."""
+    cache is passed, and a model whose config says use_cache would make one.
 
-    def __init__(self) -> None:
+    With `explicit_mask_dtype` (transformers without packed position_ids support) the
+    batch also gets the block-diagonal causal mask itself, as the 4D additive mask
+    transformers accepts: 0 where a token may attend, the dtype's minimum elsewhere."""
+
+    def __init__(self, explicit_mask_dtype: str | None = None) -> None:
         from transformers import DataCollatorWithFlattening
 
         self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        self.mask_dtype = explicit_mask_dtype
 
     def __call__(self, features: list[dict]) -> dict:
-        return {**self.flatten(features), "use_cache": False}
+        batch = {**self.flatten(features), "use_cache": False}
+        if self.mask_dtype is not None:
+            batch["attention_mask"] = block_diagonal_mask(batch["position_ids"], self.mask_dtype)
+        return batch
 
 
-def flattening_collator() -> Any:
-    return FlatteningCollator()
+def block_diagonal_mask(position_ids: Any, dtype: str) -> Any:
+    """[1, 1, L, L] additive mask: token i sees token j when both are in the same sample
+    (position ids restart at 0 per sample) and j <= i."""
+    import torch
+
+    sample = torch.cumsum(position_ids[0] == 0, dim=0)
+    allowed = (sample[:, None] == sample[None, :]) & torch.ones(len(sample), len(sample), dtype=torch.bool).tril()
+    torch_dtype = getattr(torch, dtype if dtype != "auto" else "float32")
+    mask = torch.zeros(allowed.shape, dtype=torch_dtype).masked_fill(~allowed, torch.finfo(torch_dtype).min)
+    return mask[None, None]
+
+
+def flattening_collator(dtype: str = "float32") -> Any:
+    """The collator for packed batches under the installed transformers."""
+    return FlatteningCollator(None if packing_supported() is None else dtype)
 
 
 def use_packed_batches(trainer: Any, sampler: TokenBudgetSampler, collator: Any) -> None:
