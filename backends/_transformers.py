@@ -72,6 +72,9 @@ class TransformersBackend:
         recipe = recipe.model_copy(deep=True)
         train = recipe.train
         notes: list[str] = []
+        from portaft.compat import rename_training_arguments
+
+        notes += rename_training_arguments(train)
         policy = ON_CPU if recipe.device == "cpu" else self.device
         if recipe.device == "cpu" and self.device is not ON_CPU and self.device_type != "cpu":
             notes.append(f"device: cpu (the {self.name} backend's library code runs on the CPU, in float32)")

@@ -15,6 +15,30 @@ def model_dtype_kwargs(dtype: Any) -> dict[str, Any]:
     return {"dtype": dtype} if renamed else {"torch_dtype": dtype}
 
 
+# TrainingArguments renamed across the transformers versions portaft supports: old -> new
+RENAMED_TRAINING_ARGUMENTS = {"evaluation_strategy": "eval_strategy"}
+
+
+def rename_training_arguments(train: dict[str, Any]) -> list[str]:
+    """Give a recipe's old argument names the installed TrainingArguments' names, in place;
+    one note per rename. Recipes written for either side of a rename keep working."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    notes = []
+    for old, new in RENAMED_TRAINING_ARGUMENTS.items():
+        if old in train and old not in known and new in known:
+            value = train.pop(old)
+            if new in train:
+                notes.append(f"train.{old}: dropped, train.{new} is also set (transformers renamed {old} to {new})")
+            else:
+                train[new] = value
+                notes.append(f"train.{old} -> train.{new} (its name in this transformers)")
+    return notes
+
+
 def trainer_kwargs(trainer_cls: type, tokenizer: Any) -> dict[str, Any]:
     """transformers 4.46 renamed Trainer's `tokenizer` to `processing_class`."""
     params = inspect.signature(trainer_cls.__init__).parameters

@@ -102,6 +102,11 @@ def _training_arguments_schema() -> type[BaseModel]:
         if field.init:
             fields[field.name] = (hints[field.name] | None, None)
     fields["output_dir"] = (str, ...)  # required: portaft never picks a folder silently
+    from .compat import RENAMED_TRAINING_ARGUMENTS
+
+    for old, new in RENAMED_TRAINING_ARGUMENTS.items():  # the old name is accepted; resolve() renames it
+        if old not in fields and new in fields:
+            fields[old] = fields[new]
     return create_model(
         "TrainSection",
         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),

@@ -156,3 +156,20 @@ def test_cuda_policy_prefers_bf16_and_falls_back_to_fp16(recipe_dict):
     assert effective.train == {**effective.train, "bf16": False, "fp16": True}
     assert "has no bfloat16" in notes[0]
     assert recipe.train.get("bf16") is None  # the user's recipe itself is never modified
+
+
+def test_a_renamed_training_argument_is_accepted_and_renamed_with_a_note(recipe_dict):
+    """evaluation_strategy (transformers < 4.41) and eval_strategy both work on every version."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from portaft import load_recipe
+
+    recipe = load_recipe({**recipe_dict, "train": {**recipe_dict["train"], "evaluation_strategy": "no"}})
+    effective, notes = get_backend("cpu").resolve(recipe)
+    if "evaluation_strategy" in {f.name for f in dataclasses.fields(TrainingArguments)}:
+        assert "evaluation_strategy" in effective.train  # this transformers still has the old name
+    else:
+        assert "evaluation_strategy" not in effective.train and str(effective.train["eval_strategy"]).endswith("no")
+        assert "train.evaluation_strategy -> train.eval_strategy (its name in this transformers)" in notes
