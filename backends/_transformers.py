@@ -76,7 +76,7 @@ class TransformersBackend:
 
         notes += rename_training_arguments(train)
         policy = ON_CPU if recipe.device == "cpu" else self.device
-        if recipe.device == "cpu" and self.device is not ON_CPU and self.device_type != "cpu":
+        if recipe.device == "cpu" and self.device_type != "cpu":
             notes.append(f"device: cpu (the {self.name} backend's library code runs on the CPU, in float32)")
         library_note = self.library_note()
         if library_note:

@@ -25,10 +25,10 @@ class Curve:
 
 
 def parse_target(text: str) -> tuple[str, str]:
-    """'npu:cpu' -> ('npu', 'cpu'); 'cuda' -> ('cuda', 'auto')."""
+    """'NAME:cpu' -> ('NAME', 'cpu'); 'NAME' -> ('NAME', 'auto')."""
     backend, _, device = text.partition(":")
     if device not in ("", "auto", "cpu"):
-        raise UserError(f"--backends {text!r}: the part after ':' is a device, auto or cpu (as in npu:cpu).")
+        raise UserError(f"--backends {text!r}: the part after ':' is a device, auto or cpu (as in NAME:cpu).")
     return backend, device or "auto"
 
 
