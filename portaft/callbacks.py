@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
-from transformers.trainer_callback import ProgressCallback
+from transformers.trainer_callback import ProgressCallback, TrainerCallback
 
 
 class ReadableProgress(ProgressCallback):
@@ -24,3 +24,20 @@ class ReadableProgress(ProgressCallback):
                 except (TypeError, ValueError):
                     parts.append(f"{label} {value}")
         self.training_bar.write("  ".join(parts))
+
+
+class AnswersWhileTraining(TrainerCallback):
+    """Every `every` optimizer steps, the eval prompts' greedy answers (XTuner's
+    EvaluateChatHook, on any backend): printed, and kept with their step in `during`."""
+
+    def __init__(self, ask: Callable[[str, Any], list[dict]], every: int):
+        self.ask = ask
+        self.every = every
+        self.during: list[dict] = []
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step % self.every or not state.is_world_process_zero or model is None:
+            return
+        answers = self.ask(f"step {state.global_step}", model)
+        if answers:
+            self.during.append({"step": state.global_step, "answers": answers})

@@ -86,6 +86,15 @@ class Recipe(_Section):
     eval_prompts: list[str] = Field(
         default_factory=list, description="Questions answered greedily before and after training."
     )
+    eval_every: int | None = Field(
+        None, gt=0, description="Also answer eval_prompts every this many optimizer steps while training."
+    )
+
+    @model_validator(mode="after")
+    def _eval_every_needs_prompts(self) -> "Recipe":
+        if self.eval_every is not None and not self.eval_prompts:
+            raise ValueError("eval_every is set but eval_prompts is empty: add the questions to answer")
+        return self
 
 
 # --- the `train` section is checked against the installed TrainingArguments ----------

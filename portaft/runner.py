@@ -21,6 +21,7 @@ class RunResult:
     log_history: list[dict]
     samples_before: list[dict] = field(default_factory=list)
     samples_after: list[dict] = field(default_factory=list)
+    samples_during: list[dict] = field(default_factory=list)  # [{"step": N, "answers": [...]}]
 
 
 def run(
@@ -38,7 +39,7 @@ def run(
 
     from . import data
     from .adapters import apply_lora, trainable_summary
-    from .callbacks import ReadableProgress
+    from .callbacks import AnswersWhileTraining, ReadableProgress
     from .outputs import library_versions, write_recipe, write_run
     from .plugins import choose_backend
 
@@ -93,13 +94,17 @@ def run(
     trainer.add_callback(ReadableProgress)
     ask = functools.partial(_answer_and_show, tokenizer=tokenizer, template=template, system=effective.system,
                             prompts=effective.eval_prompts if rank == 0 else [], device=args.device, echo=echo)
+    during = AnswersWhileTraining(ask, effective.eval_every) if effective.eval_every else None
+    if during is not None:
+        trainer.add_callback(during)
     before = ask("before training", trainer.model)
     output = trainer.train()
     after = ask("after training", trainer.model)
     # 7. save: adapter + tokenizer (carrying the template it was trained with), recipe, record
     tokenizer.chat_template = template
     trainer.save_model(str(output_dir))  # the Trainer saves from the first process only
-    result = RunResult(output_dir, chosen.name, notes, dict(output.metrics), list(trainer.state.log_history), before, after)
+    result = RunResult(output_dir, chosen.name, notes, dict(output.metrics), list(trainer.state.log_history), before, after,
+                       during.during if during is not None else [])
     if not trainer.is_world_process_zero():
         return result
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +121,7 @@ def run(
         "skipped": built.warnings[1:],
         "metrics": result.metrics,
         "log_history": result.log_history,
-        "samples": {"before": before, "after": after},
+        "samples": {"before": before, "during": result.samples_during, "after": after},
         "seconds": round(time.time() - started, 1),
     })
     echo(f"portaft: adapter saved in {output_dir}")

@@ -110,3 +110,19 @@ def test_eval_prompts_are_asked_with_the_recipes_system_prompt(tiny_model, token
     tokenizer.pad_token = tokenizer.eos_token
     portaft.samples.answer_prompts(model, tokenizer, DEEPSEEK, ["你是谁？"], max_new_tokens=1, system="你是黄大力的助手。")
     assert seen == [[{"role": "system", "content": "你是黄大力的助手。"}, {"role": "user", "content": "你是谁？"}]]
+
+
+def test_eval_every_answers_while_training_and_keeps_the_step(recipe_dict, tmp_path):
+    lines: list[str] = []
+    recipe = {**recipe_dict, "eval_prompts": ["你是谁？"], "eval_every": 2}
+    result = portaft.run(recipe, backend="cpu", echo=lines.append)
+    assert [entry["step"] for entry in result.samples_during] == [2, 4]
+    assert all(entry["answers"][0]["prompt"] == "你是谁？" for entry in result.samples_during)
+    assert any(line.startswith("portaft: step 2: Q: 你是谁？") for line in lines)
+    record = json.loads((result.output_dir / "portaft_run.json").read_text(encoding="utf-8"))
+    assert [entry["step"] for entry in record["samples"]["during"]] == [2, 4]
+
+
+def test_eval_every_without_prompts_is_a_recipe_error(recipe_dict):
+    with pytest.raises(portaft.RecipeError, match="eval_every is set but eval_prompts is empty"):
+        portaft.load_recipe({**recipe_dict, "eval_every": 5})
