@@ -1,4 +1,4 @@
-"""Applying the recipe's LoRA settings with peft."""
+"""What gets trained: a LoRA/DoRA adapter with peft, or (finetune: full) every weight."""
 
 from __future__ import annotations
 
@@ -18,9 +18,19 @@ def apply_lora(model: Any, lora: LoraSection, gradient_checkpointing: bool = Fal
         lora_dropout=lora.dropout,
         target_modules=lora.target_modules,
         bias=lora.bias,
+        use_dora=lora.use_dora,
         task_type=TaskType.CAUSAL_LM,
     )
     return get_peft_model(model, config)
+
+
+def prepare_for_training(model: Any, finetune: str, lora: LoraSection, gradient_checkpointing: bool = False) -> Any:
+    """The model the Trainer updates: an adapter around it, or the model itself."""
+    if finetune == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+    return apply_lora(model, lora, gradient_checkpointing)
 
 
 def trainable_summary(model: Any) -> str:

@@ -58,6 +58,7 @@ class LoraSection(_Section):
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: Literal["all-linear"] | list[str] = "all-linear"
     bias: Literal["none", "all", "lora_only"] = "none"
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (peft), a little slower, often better.")
 
 
 class Recipe(_Section):
@@ -81,6 +82,9 @@ class Recipe(_Section):
         None, gt=0, description="Tokens per packed batch; default per_device_train_batch_size x mean sample length."
     )
     skip_bad_samples: bool = Field(False, description="Count and skip bad records instead of stopping.")
+    finetune: Literal["lora", "full"] = Field(
+        "lora", description="lora: train an adapter (the lora section); full: update every weight of the model."
+    )
     lora: LoraSection = Field(default_factory=LoraSection)
     train: dict[str, Any] = Field(description="transformers TrainingArguments, by their own names.")
     eval_prompts: list[str] = Field(

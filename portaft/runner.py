@@ -38,7 +38,7 @@ def run(
     from transformers.trainer_callback import ProgressCallback
 
     from . import data
-    from .adapters import apply_lora, trainable_summary
+    from .adapters import prepare_for_training, trainable_summary
     from .callbacks import AnswersWhileTraining, ReadableProgress
     from .outputs import library_versions, write_recipe, write_run
     from .plugins import choose_backend
@@ -83,7 +83,8 @@ def run(
     # the model; LoRA's initial weights come from the seeded RNG: same seed, same run
     set_seed(int(effective.train.get("seed", 42)))
     model = chosen.load_model(effective)
-    model = apply_lora(model, effective.lora, bool(effective.train.get("gradient_checkpointing")))
+    model = prepare_for_training(model, effective.finetune, effective.lora,
+                                 bool(effective.train.get("gradient_checkpointing")))
     echo(f"portaft: {trainable_summary(model)}")
     # 6. train
     output_dir = Path(effective.train["output_dir"])
@@ -100,7 +101,8 @@ def run(
     before = ask("before training", trainer.model)
     output = trainer.train()
     after = ask("after training", trainer.model)
-    # 7. save: adapter + tokenizer (carrying the template it was trained with), recipe, record
+    # 7. save: the adapter (or, finetune: full, the whole model) + tokenizer carrying the
+    # template it was trained with, the effective recipe and the run record
     tokenizer.chat_template = template
     trainer.save_model(str(output_dir))  # the Trainer saves from the first process only
     result = RunResult(output_dir, chosen.name, notes, dict(output.metrics), list(trainer.state.log_history), before, after,

@@ -126,3 +126,31 @@ def test_eval_every_answers_while_training_and_keeps_the_step(recipe_dict, tmp_p
 def test_eval_every_without_prompts_is_a_recipe_error(recipe_dict):
     with pytest.raises(portaft.RecipeError, match="eval_every is set but eval_prompts is empty"):
         portaft.load_recipe({**recipe_dict, "eval_every": 5})
+
+
+def test_dora_trains_an_adapter_that_peft_loads_as_dora(recipe_dict):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    result = portaft.run({**recipe_dict, "lora": {**recipe_dict["lora"], "use_dora": True}},
+                         backend="cpu", echo=lambda _: None)
+    config = json.loads((result.output_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    assert config["use_dora"] is True
+    base = AutoModelForCausalLM.from_pretrained(recipe_dict["model"]["name_or_path"])
+    loaded = PeftModel.from_pretrained(base, result.output_dir)
+    assert any("lora_magnitude_vector" in name for name, _ in loaded.named_parameters())
+
+
+def test_full_finetuning_updates_every_weight_and_saves_a_whole_model(recipe_dict):
+    from transformers import AutoModelForCausalLM
+
+    lines: list[str] = []
+    result = portaft.run({**recipe_dict, "finetune": "full", "train": {**recipe_dict["train"], "learning_rate": 1e-3}},
+                         backend="cpu", echo=lines.append)
+    assert any(line.startswith("portaft: trainable parameters:") and "(100.00%)" in line for line in lines)
+    assert not (result.output_dir / "adapter_config.json").exists()
+    base = AutoModelForCausalLM.from_pretrained(recipe_dict["model"]["name_or_path"])
+    tuned = AutoModelForCausalLM.from_pretrained(result.output_dir)
+    changed = [name for (name, a), (_, b) in zip(base.named_parameters(), tuned.named_parameters())
+               if not torch.equal(a, b)]
+    assert len(changed) == len(list(base.parameters()))  # every weight moved, embeddings included
