@@ -133,3 +133,25 @@ def test_the_format_plugin_in_the_docs_registers_a_working_format(monkeypatch, r
     bad = write_jsonl(tmp_path / "bad.jsonl", [{"sys": SYSTEM, "pairs": "none"}])
     with pytest.raises(portaft.UserError, match=r"bad.jsonl:1: pairs must be a list"):
         load(recipe_dict, tokenizer, {"path": str(bad)})
+
+
+def test_a_format_that_fails_with_any_error_is_named_as_validate_names_it(monkeypatch, recipe_dict, tokenizer,
+                                                                          tmp_path):
+    import types
+
+    from portaft import hookimpl
+    from portaft.plugins import Plugins
+
+    @hookimpl
+    def register_formats(register):
+        register("strict", lambda record: record["missing"], keys=("strict",))
+
+    plugins = Plugins()
+    plugins.register(types.SimpleNamespace(register_formats=register_formats), name="strict-format")
+    monkeypatch.setattr("portaft.plugins._current", plugins)
+    path = write_jsonl(tmp_path / "s.jsonl", [{"strict": 1}])
+    recipe = {**recipe_dict, "data": [{"path": str(path)}]}
+    for attempt in (lambda: load(recipe_dict, tokenizer, {"path": str(path)}), lambda: portaft.data.check(recipe)):
+        with pytest.raises(portaft.UserError, match=r"s.jsonl:1: KeyError: 'missing'\n") as caught:
+            attempt()
+        assert "cannot be rendered" not in str(caught.value)

@@ -20,7 +20,7 @@ from portaft.recipe import Recipe, RecipeSource, load_recipe
 from . import packing  # noqa: F401  (portaft.data.packing, used by the runner)
 from .collator import Seq2SeqCollator
 from .encode import CUT_IN_PROMPT, NOT_CUT, EncodeSettings, Encoder
-from .formats import BadSample, Format, detect_format, normalise
+from .formats import BadSample, Format, detect_format, normalise, record_problem
 from .mixing import mixed_rows
 from .sources import progress_bars, read_file, records_of, source_files
 from .templates import check_template, choose_template
@@ -201,7 +201,7 @@ class _Checker:
                 normalise(record, self.fmt)
                 errors.append("")
             except Exception as exc:  # BadSample, or a plugin format's own error
-                errors.append(str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}")
+                errors.append(record_problem(exc))
         return {"error": errors}
 
 

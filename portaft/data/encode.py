@@ -8,6 +8,7 @@ raising, so one pass finds every bad record in a file.
 
 from __future__ import annotations
 
+import functools
 import os
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
@@ -15,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .formats import Format, normalise
+from .formats import Format, normalise, record_problem
 from .sources import records_of
-from .templates import reply_shape, trained_spans
+from .templates import TemplateError, reply_shape, trained_spans
 
 IGNORE = -100
 
@@ -93,15 +94,19 @@ class Encoder:
         render = self._compiled()
         texts, spans = [], []
         for record in records:
+            text, trained, problem = "", [], ""
             try:
-                text, trained = trained_spans(render, self.conversation(record), self.settings.train_on, self._shape)
-                errors.append("")
-            except ValueError as exc:  # BadSample, TemplateError, a plugin format's own ValueError
-                text, trained = "", []
-                errors.append(str(exc))
-            except Exception as exc:  # e.g. a template's raise_exception
-                text, trained = "", []
-                errors.append(f"cannot be rendered: {type(exc).__name__}: {exc}")
+                messages = self.conversation(record)
+            except Exception as exc:  # the same words `portaft validate` prints for this record
+                problem = record_problem(exc)
+            else:
+                try:
+                    text, trained = trained_spans(render, messages, self.settings.train_on, self._shape)
+                except TemplateError as exc:
+                    problem = str(exc)
+                except Exception as exc:  # e.g. a template's raise_exception
+                    problem = f"cannot be rendered: {type(exc).__name__}: {exc}"
+            errors.append(problem)
             texts.append(text)
             spans.append(trained)
         return texts, spans
@@ -175,6 +180,7 @@ def ranges_from_encoding(encoding: Any, spans: Ranges) -> Ranges | None:
     return ranges
 
 
+@functools.lru_cache(maxsize=None)  # once per format function, not once per file of a folder source
 def code_fingerprint(*functions: Any) -> str:
     import hashlib
     import inspect

@@ -36,6 +36,12 @@ def detect_format(record: dict, formats: dict[str, Format]) -> str | None:
     return None
 
 
+def record_problem(exc: Exception) -> str:
+    """A format's failure as the text that follows `file:line: `: a ValueError (BadSample
+    or a plugin's) says what is wrong itself; anything else is named by its type."""
+    return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+
+
 def normalise(record: dict, fmt: Format) -> Messages:
     """Messages of one record, checked: known roles, text content, an assistant reply."""
     messages = fmt.to_messages(record)
