@@ -45,6 +45,8 @@ class DevicePolicy:
     use_cpu: bool  # tell TrainingArguments to stay on the CPU
     has_flash_attention: Callable[[], bool] = lambda: False  # the flash_attn package works here
     fused_adamw: str | None = "adamw_torch_fused"  # this device's fused AdamW (TrainingArguments optim name)
+    # why bitsandbytes quantization (QLoRA) cannot run here; None = it can
+    cannot_quantize: Callable[[], str | None] = lambda: "portaft runs bitsandbytes only on CUDA GPUs"
 
 
 # `device: cpu`: any backend's library code, on the CPU, in float32
@@ -109,6 +111,9 @@ class TransformersBackend:
             recipe.model.dtype = "float16" if policy.supports_fp16 else "float32"
             notes.append(f"model.dtype: bfloat16 -> {recipe.model.dtype} ({self.name} has no bfloat16 here)")
 
+        if recipe.quantization is not None:
+            notes += self._resolve_quantization(recipe, policy, bf16_ok)
+
         if recipe.model.attn_implementation == "flash_attention_2" and not policy.has_flash_attention():
             recipe.model.attn_implementation = "sdpa"
             notes.append(f"model.attn_implementation: flash_attention_2 -> sdpa (no flash-attn kernels on {self.name} here; "
@@ -123,6 +128,20 @@ class TransformersBackend:
             notes.append("train.use_cpu: true (training stays on the CPU, never on an accelerator)")
         return recipe, notes
 
+    def _resolve_quantization(self, recipe: Recipe, policy: DevicePolicy, bf16_ok: bool) -> list[str]:
+        """Refuse QLoRA where it cannot run, before anything is loaded; map its compute dtype."""
+        reason = policy.cannot_quantize()
+        if reason:
+            where = "device: cpu" if recipe.device == "cpu" else f"the {self.name} backend"
+            raise UserError(
+                f"quantization: {recipe.quantization.bits}-bit loading cannot run with {where}: {reason}. Remove the "
+                "quantization section (plain LoRA) or run on a CUDA GPU with --backend cuda."
+            )
+        if recipe.quantization.compute_dtype == "bf16" and not bf16_ok:
+            recipe.quantization.compute_dtype = "fp16"
+            return [f"quantization.compute_dtype: bf16 -> fp16 ({self.name} has no bfloat16 here)"]
+        return []
+
     def load_tokenizer(self, recipe: Recipe) -> Any:
         library = self._library_for(recipe)
         return _load("tokenizer", recipe, lambda: library.auto_tokenizer.from_pretrained(
@@ -136,6 +155,8 @@ class TransformersBackend:
         library = self._library_for(recipe)
         dtype = getattr(torch, recipe.model.dtype)  # resolve() has replaced "auto" by a torch dtype name
         extra = {} if recipe.model.attn_implementation == "auto" else {"attn_implementation": recipe.model.attn_implementation}
+        if recipe.quantization is not None:
+            extra.update(quantization_kwargs(recipe))
         return _load("model", recipe, lambda: library.auto_model.from_pretrained(
             recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code, **model_dtype_kwargs(dtype),
             **extra))
@@ -164,6 +185,24 @@ class TransformersBackend:
                 "a hub id up on its own hub, not the one you may mean; download the model and give its folder."
             )
         return library
+
+
+def quantization_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """from_pretrained arguments for a bitsandbytes-quantized base, on this process's GPU."""
+    import os
+
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = recipe.quantization
+    compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[q.compute_dtype]
+    if q.bits == 4:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.type, bnb_4bit_use_double_quant=q.double_quant,
+                                    bnb_4bit_compute_dtype=compute)
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    # bitsandbytes quantizes while placing the weights: each DDP process loads onto its own GPU
+    return {"quantization_config": config, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 
 
 def _load(what: str, recipe: Recipe, load: Callable[[], Any]) -> Any:

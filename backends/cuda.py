@@ -27,8 +27,16 @@ def _has_flash_attention() -> bool:
     return importlib.util.find_spec("flash_attn") is not None
 
 
+def _cannot_quantize() -> str | None:
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        return "bitsandbytes is not installed (pip install 'portaft[qlora]')"
+    return None
+
+
 CUDA = DevicePolicy(unavailable_reason=_unavailable_reason, supports_bf16=_supports_bf16, supports_fp16=True,
-                    use_cpu=False, has_flash_attention=_has_flash_attention)
+                    use_cpu=False, has_flash_attention=_has_flash_attention, cannot_quantize=_cannot_quantize)
 
 
 @hookimpl

@@ -45,7 +45,9 @@ def _supports_bf16() -> bool:
 
 # flash-attn (CUDA kernels) never runs on Ascend; torch_npu has its own fused AdamW
 NPU = DevicePolicy(unavailable_reason=_unavailable_reason, supports_bf16=_supports_bf16, supports_fp16=True,
-                   use_cpu=False, fused_adamw="adamw_torch_npu_fused")
+                   use_cpu=False, fused_adamw="adamw_torch_npu_fused",
+                   cannot_quantize=lambda: "portaft runs bitsandbytes only on CUDA GPUs; its Ascend support is not "
+                   "verified")
 
 
 def import_openmind():

@@ -7,10 +7,12 @@ from typing import Any
 from .recipe import LoraSection
 
 
-def apply_lora(model: Any, lora: LoraSection, gradient_checkpointing: bool = False) -> Any:
-    from peft import LoraConfig, TaskType, get_peft_model
+def apply_lora(model: Any, lora: LoraSection, gradient_checkpointing: bool = False, quantized: bool = False) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
 
-    if gradient_checkpointing:
+    if quantized:  # QLoRA: peft's preparation (norms in float32, input grads for checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
         model.enable_input_require_grads()  # checkpointed frozen embeddings would cut the graph
     config = LoraConfig(
         r=lora.r,
@@ -24,13 +26,14 @@ def apply_lora(model: Any, lora: LoraSection, gradient_checkpointing: bool = Fal
     return get_peft_model(model, config)
 
 
-def prepare_for_training(model: Any, finetune: str, lora: LoraSection, gradient_checkpointing: bool = False) -> Any:
+def prepare_for_training(model: Any, finetune: str, lora: LoraSection, gradient_checkpointing: bool = False,
+                         quantized: bool = False) -> Any:
     """The model the Trainer updates: an adapter around it, or the model itself."""
     if finetune == "full":
         for parameter in model.parameters():
             parameter.requires_grad_(True)
         return model
-    return apply_lora(model, lora, gradient_checkpointing)
+    return apply_lora(model, lora, gradient_checkpointing, quantized)
 
 
 def trainable_summary(model: Any) -> str:

@@ -76,3 +76,21 @@ def chat_template_renderer(tokenizer: Any, chat_template: str) -> Any:
                                        shared=True)
         return "".join(compiled.root_render_func(context))
     return render
+
+
+def numpy_in_checkpoints() -> Any:
+    """A context in which torch.load accepts the numpy RNG state inside a checkpoint.
+
+    torch >= 2.6 loads with weights_only=True by default; transformers >= 4.49 allowlists
+    numpy's array types itself when it reads rng_state.pth, 4.45 does not and resuming
+    fails. This allows the same few types transformers does (no arbitrary objects)."""
+    import contextlib
+
+    import numpy as np
+    import torch
+
+    if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.5: no weights_only default
+        return contextlib.nullcontext()
+    core = np._core if int(np.__version__.split(".")[0]) >= 2 else np.core  # 1.26 has a partial np._core
+    return torch.serialization.safe_globals([core.multiarray._reconstruct, np.ndarray, np.dtype,
+                                             type(np.dtype(np.uint32))])

@@ -43,3 +43,22 @@ def register_formats(register):
         portaft adds the file and line. ``keys``: auto-detection picks this format
         when a record has all of these keys. Recipes pick it with ``format: NAME``.
     """
+
+
+@hookspec
+def register_callbacks(register, recipe):
+    """Register transformers Trainer callbacks for one run; called once per run.
+
+    :param register: call ``register(callback, report_to=None, note=None)`` once per
+        callback. ``callback`` is a ``transformers.TrainerCallback`` instance or class
+        (what ``Trainer.add_callback`` takes). ``report_to``: the ``train.report_to``
+        name this callback serves, e.g. ``"swanlab"``: portaft then accepts that name
+        on every transformers version and leaves it out of the ``report_to`` it gives
+        TrainingArguments, so transformers' own integration of that name (if any) does
+        not log twice; one plugin serves a name, a second is refused. ``note``: one
+        line portaft prints and records with the run's notes (where the logs go).
+    :param recipe: the effective ``portaft.Recipe`` of the run (after the backend's
+        ``resolve``), read-only. ``recipe.train["report_to"]`` is explicit by then
+        (``portaft.tracking.report_to_names(recipe.train)`` lists its names). Register
+        nothing when the recipe does not ask for what the plugin does.
+    """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import platform
 from importlib import metadata
 from pathlib import Path
@@ -35,6 +34,20 @@ def write_recipe(output_dir: Path, recipe: Recipe, notes: list[str]) -> Path:
 
 
 def write_run(output_dir: Path, record: dict[str, Any]) -> Path:
+    """Written last, whole or not at all: its presence says the run finished (checkpoints.py)."""
+    from .checkpoints import write_json_atomically
+
     path = output_dir / RUN_FILE
-    path.write_text(json.dumps(record, indent=2, ensure_ascii=False, default=str), encoding="utf-8")
+    write_json_atomically(path, record)
     return path
+
+
+def peak_device_memory_gib(device: Any) -> float | None:
+    """The most memory tensors held on an accelerator during the run (None on the CPU)."""
+    import torch
+
+    kind = getattr(device, "type", str(device))
+    module = getattr(torch, kind, None) if kind in ("cuda", "npu") else None
+    if module is None or not module.is_available():
+        return None
+    return round(module.max_memory_allocated(device) / 2**30, 2)

@@ -33,6 +33,16 @@ class PluginInfo:
     error: str | None = None  # set when the plugin is broken
 
 
+@dataclass
+class TrainingCallback:
+    """A callback a plugin registered for one run (register_callbacks)."""
+
+    callback: Any  # a transformers TrainerCallback instance or class: what Trainer.add_callback takes
+    plugin: str
+    report_to: str | None = None  # the train.report_to name it serves (transformers is not given that name)
+    note: str | None = None  # one line for the run's notes, e.g. where the logs go
+
+
 class Plugins:
     """One plugin manager plus what its plugins registered. Build a fresh one per test."""
 
@@ -192,6 +202,28 @@ class Plugins:
             self._formats = found
         return self._formats
 
+    # --- training callbacks ------------------------------------------------------------
+
+    def callbacks(self, recipe: Any) -> list[TrainingCallback]:
+        """What plugins register for a run of this (effective) recipe, in plugin
+        registration order. Not cached: each run asks anew. A second callback serving a
+        report_to name that another already serves is refused, so nothing logs twice."""
+        found: list[TrainingCallback] = []
+        for impl in self.manager.hook.register_callbacks.get_hookimpls():  # registration order, as for formats
+
+            def register(callback: Any, report_to: str | None = None, note: str | None = None,
+                         plugin: str = impl.plugin_name) -> None:
+                taken = next((c for c in found if report_to and c.report_to == report_to), None)
+                if taken is not None:
+                    self.problems.append(f"plugin {plugin!r}'s callback for report_to {report_to!r} was refused: "
+                                         f"plugin {taken.plugin!r} already serves that name.")
+                else:
+                    found.append(TrainingCallback(callback, plugin, report_to, note))
+
+            given = {"register": register, "recipe": recipe}
+            impl.function(**{name: given[name] for name in impl.argnames})  # an implementation may take fewer
+        return found
+
 
 def _entry_points() -> list[importlib.metadata.EntryPoint]:
     allowed = os.environ.get("PORTAFT_LOAD_PLUGINS")
@@ -233,6 +265,12 @@ def format_names() -> list[str]:
 
 def get_backend(name: str) -> Any:
     return get_plugins().get_backend(name)
+
+
+def training_callbacks(recipe: Any) -> list[TrainingCallback]:
+    """The callbacks plugins register for a run of `recipe`; the runner adds each
+    `.callback` to its Trainer (portaft.tracking.prepare calls this)."""
+    return get_plugins().callbacks(recipe)
 
 
 def choose_backend(recipe: Any, explicit: str | None = None) -> Any:

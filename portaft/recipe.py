@@ -61,6 +61,13 @@ class LoraSection(_Section):
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (peft), a little slower, often better.")
 
 
+class QuantizationSection(_Section):
+    bits: Literal[4, 8] = Field(4, description="4 = QLoRA (NF4/FP4 weights), 8 = LLM.int8 weights.")
+    type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 is QLoRA's.")
+    double_quant: bool = Field(True, description="Also quantize the quantization constants (saves ~0.4 bit/weight).")
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype the 4-bit matmuls compute in.")
+
+
 class Recipe(_Section):
     backend: str = Field("auto", description="cpu, cuda, npu, a plugin's backend, or auto.")
     device: Literal["auto", "cpu"] = Field(
@@ -86,6 +93,9 @@ class Recipe(_Section):
         "lora", description="lora: train an adapter (the lora section); full: update every weight of the model."
     )
     lora: LoraSection = Field(default_factory=LoraSection)
+    quantization: QuantizationSection | None = Field(
+        None, description="Load the frozen base quantized through bitsandbytes (QLoRA); CUDA only."
+    )
     train: dict[str, Any] = Field(description="transformers TrainingArguments, by their own names.")
     eval_prompts: list[str] = Field(
         default_factory=list, description="Questions answered greedily before and after training."
@@ -93,11 +103,25 @@ class Recipe(_Section):
     eval_every: int | None = Field(
         None, gt=0, description="Also answer eval_prompts every this many optimizer steps while training."
     )
+    resume: Literal["auto", True, False] = Field(
+        "auto", description="auto: continue from the newest complete checkpoint in train.output_dir if there is "
+        "one; true: insist on one; false: start from step 0 (a non-empty output_dir needs overwrite: true)."
+    )
+    overwrite: bool = Field(
+        False, description="With resume: false, start over in a non-empty output_dir (its checkpoints are removed)."
+    )
 
     @model_validator(mode="after")
     def _eval_every_needs_prompts(self) -> "Recipe":
         if self.eval_every is not None and not self.eval_prompts:
             raise ValueError("eval_every is set but eval_prompts is empty: add the questions to answer")
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_base_is_frozen(self) -> "Recipe":
+        if self.quantization is not None and self.finetune == "full":
+            raise ValueError("quantization is set with finetune: full, but quantized weights cannot be trained: "
+                             "use finetune: lora (QLoRA) or remove quantization")
         return self
 
 

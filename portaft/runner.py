@@ -37,10 +37,11 @@ def run(
     from transformers import set_seed
     from transformers.trainer_callback import ProgressCallback
 
-    from . import data
+    from . import checkpoints, data, tracking
     from .adapters import prepare_for_training, trainable_summary
     from .callbacks import AnswersWhileTraining, ReadableProgress
-    from .outputs import library_versions, write_recipe, write_run
+    from .compat import numpy_in_checkpoints
+    from .outputs import library_versions, peak_device_memory_gib, write_recipe, write_run
     from .plugins import choose_backend
 
     started = time.time()
@@ -59,7 +60,21 @@ def run(
     if world_size > 1 and not effective.train.get("ddp_backend"):
         effective.train["ddp_backend"] = chosen.distributed_backend
         notes.append(f"train.ddp_backend: unset -> {chosen.distributed_backend} ({world_size} processes on {chosen.name})")
-    args = chosen.training_arguments(**{"remove_unused_columns": False, **effective.train})
+    # experiment trackers: train.report_to made explicit and checked before any model loads
+    tracked = tracking.prepare(effective)
+    notes += tracked.notes
+    # checkpoints are rotated by portaft, counting only complete ones (checkpoints.py)
+    keep = effective.train.get("save_total_limit")
+    args = chosen.training_arguments(**{"remove_unused_columns": False, **effective.train, "save_total_limit": None,
+                                        "report_to": tracked.report_to})
+    # where training starts: step 0, a checkpoint of this same run, or nothing to do
+    identity = checkpoints.training_identity(effective)
+    start = checkpoints.plan_start(effective, identity)
+    if start.finished is not None:
+        return _already_finished(start.finished, chosen.name, notes, effective, echo)
+    if rank == 0:
+        checkpoints.clear(start)
+    notes += start.notes
     # 4. tokenizer (the model is loaded after the data, which may still be refused)
     tokenizer = chosen.load_tokenizer(effective)
     notes += data.prepare_tokenizer(tokenizer)
@@ -84,7 +99,7 @@ def run(
     set_seed(int(effective.train.get("seed", 42)))
     model = chosen.load_model(effective)
     model = prepare_for_training(model, effective.finetune, effective.lora,
-                                 bool(effective.train.get("gradient_checkpointing")))
+                                 bool(effective.train.get("gradient_checkpointing")), effective.quantization is not None)
     echo(f"portaft: {trainable_summary(model)}")
     # 6. train
     output_dir = Path(effective.train["output_dir"])
@@ -93,13 +108,25 @@ def run(
         data.packing.use_packed_batches(trainer, sampler, collator)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ReadableProgress)
+    for callback in tracked.callbacks:  # plugins' (register_callbacks)
+        trainer.add_callback(callback)
+    trainer.add_callback(checkpoints.CompleteCheckpoints(identity, keep))
+    loss_watch = checkpoints.LossWatch()
+    loss_watch.watch(trainer)
+    trainer.add_callback(loss_watch)
     ask = functools.partial(_answer_and_show, tokenizer=tokenizer, template=template, system=effective.system,
                             prompts=effective.eval_prompts if rank == 0 else [], device=args.device, echo=echo)
     during = AnswersWhileTraining(ask, effective.eval_every) if effective.eval_every else None
     if during is not None:
         trainer.add_callback(during)
     before = ask("before training", trainer.model)
-    output = trainer.train()
+    if start.checkpoint is not None:
+        echo(f"portaft: resuming from {start.checkpoint} (step {start.step}); same recipe and data as the run "
+             "that wrote it")
+    with numpy_in_checkpoints():
+        output = trainer.train(resume_from_checkpoint=str(start.checkpoint) if start.checkpoint else None)
+    if loss_watch.bad_step is not None:
+        raise _diverged(loss_watch, output_dir)
     after = ask("after training", trainer.model)
     # 7. save: the adapter (or, finetune: full, the whole model) + tokenizer carrying the
     # template it was trained with, the effective recipe and the run record
@@ -118,10 +145,13 @@ def run(
         "processes": world_size,
         "template": built.template_name,
         "versions": library_versions(),
+        "identity": identity,
+        "resumed_from": str(start.checkpoint) if start.checkpoint else None,
         "notes": notes,
         "data": data.report_rows(built.reports),
         "skipped": built.warnings[1:],
         "metrics": result.metrics,
+        "peak_memory_gib": peak_device_memory_gib(args.device),
         "log_history": result.log_history,
         "samples": {"before": before, "during": result.samples_during, "after": after},
         "seconds": round(time.time() - started, 1),
@@ -132,6 +162,30 @@ def run(
 
 def _silent(_: str) -> None:
     pass
+
+
+def _already_finished(record: dict, backend: str, notes: list[str], recipe: Any, echo: Callable[[str], None]) -> RunResult:
+    output_dir = Path(recipe.train["output_dir"])
+    steps = next((e.get("step") for e in reversed(record.get("log_history", [])) if "step" in e), "?")
+    echo(f"portaft: {output_dir} already holds this run, finished at step {steps}: nothing to do. "
+         "(resume: false with overwrite: true trains it again.)")
+    samples = record.get("samples", {})
+    return RunResult(output_dir, backend, notes, record.get("metrics", {}), record.get("log_history", []),
+                     samples.get("before", []), samples.get("after", []), samples.get("during", []))
+
+
+def _diverged(watch: Any, output_dir: Path) -> Exception:
+    from .checkpoints import TrainingDiverged, checkpoint_folders, is_complete
+
+    good = [(s, p) for s, p in checkpoint_folders(output_dir) if is_complete(p)]
+    kept = (f"The last good checkpoint is {good[-1][1]} (step {good[-1][0]}); no adapter was saved from the "
+            "bad weights." if good else "No checkpoint was written before it, so nothing was saved.")
+    return TrainingDiverged(
+        f"train: the loss became {watch.bad_value} at step {watch.bad_step}; training stopped. {kept}\n"
+        "Lower train.learning_rate, raise train.warmup_steps or lower train.max_grad_norm; with train.fp16 "
+        "try bf16 (fp16 overflows). Check the data for empty or huge samples (portaft preview). A changed "
+        "recipe cannot resume this run: set resume: false and overwrite: true to start over."
+    )
 
 
 def _answer_and_show(when: str, model: Any, *, tokenizer: Any, template: str, system: str | None,

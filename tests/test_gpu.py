@@ -1,5 +1,6 @@
 """The cuda backend on a real GPU (skipped where torch sees none, as in CI)."""
 
+import importlib.util
 import json
 
 import pytest
@@ -51,3 +52,26 @@ def test_a_packed_run_trains_on_cuda(recipe_dict):
     assert any(note.startswith("packing: 8 samples in ") for note in result.notes)
     losses = [e["loss"] for e in result.log_history if "loss" in e]
     assert len(losses) == 12 and sum(losses[-3:]) < sum(losses[:3])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="needs bitsandbytes (portaft[qlora])")
+def test_qlora_trains_a_4bit_base_and_saves_an_adapter_for_the_unquantized_base(recipe_dict):
+    recipe_dict["train"]["max_steps"] = 12
+    recipe = {**recipe_dict, "quantization": {"bits": 4}}
+    lines = []
+    result = portaft.run(recipe, backend="cuda", echo=lines.append)
+    print("\n".join(lines))
+    losses = [e["loss"] for e in result.log_history if "loss" in e]
+    assert sum(losses[-3:]) < sum(losses[:3])
+    record = json.loads((result.output_dir / "portaft_run.json").read_text(encoding="utf-8"))
+    assert record["peak_memory_gib"] > 0
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(recipe_dict["model"]["name_or_path"])
+    # 4-bit weights are stored two to a byte: the run's model counted fewer parameters than the base has
+    summary = next(line for line in lines if "trainable parameters:" in line)
+    trainable, total = (int(x.replace(",", "")) for x in summary.split(": ")[-1].split(" (")[0].split(" of "))
+    assert total - trainable < sum(p.numel() for p in base.parameters())
+    PeftModel.from_pretrained(base, result.output_dir)  # the adapter fits the full-precision base (merge uses it)
