@@ -1,4 +1,5 @@
-"""Greedy answers to the recipe's `eval_prompts`, rendered with the run's chat template."""
+"""The model's replies, rendered with the run's chat template: greedy answers to the
+recipe's `eval_prompts`, and one reply at a time for `portaft chat`."""
 
 from __future__ import annotations
 
@@ -10,28 +11,38 @@ from .data.templates import render, stop_token_ids
 def answer_prompts(model: Any, tokenizer: Any, template: str, prompts: list[str], max_new_tokens: int = 48,
                    system: str | None = None) -> list[dict]:
     """Greedy answers; `system` (the recipe's) is given to each prompt as in training."""
-    import torch
-
     answers = []
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
     stops = stop_token_ids(tokenizer, template)  # e.g. ChatML's <|im_end|> as well as eos
     for prompt in prompts:
         messages = ([{"role": "system", "content": system}] if system is not None else []) + [
             {"role": "user", "content": prompt}]
-        text = render(tokenizer, template, messages, add_generation_prompt=True)
-        encoded = tokenizer(text, add_special_tokens=False, return_tensors="pt")
-        ids = {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
-        with torch.no_grad():
-            out = model.generate(
-                **ids,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                eos_token_id=stops,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        answer = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
-        answers.append({"prompt": prompt, "answer": answer.strip()})
+        answers.append({"prompt": prompt, "answer": reply(model, tokenizer, template, messages, stops, max_new_tokens)})
     model.train(was_training)
     return answers
+
+
+def reply(model: Any, tokenizer: Any, template: str, messages: list[dict], stops: list[int],
+          max_new_tokens: int = 48, streamer: Any = None, **sampling: Any) -> str:
+    """The model's next assistant reply to `messages`, rendered with `template` as in
+    training; it ends at any of `stops` (stop_token_ids). Greedy unless `sampling` holds
+    do_sample=True and its settings; `streamer` (transformers' TextStreamer) sees the
+    tokens as they come."""
+    import torch
+
+    device = next(model.parameters()).device
+    text = render(tokenizer, template, messages, add_generation_prompt=True)
+    encoded = tokenizer(text, add_special_tokens=False, return_tensors="pt")
+    ids = {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
+    with torch.no_grad():
+        out = model.generate(
+            **ids,
+            max_new_tokens=max_new_tokens,
+            **({"do_sample": False} | sampling),
+            eos_token_id=stops,
+            # what generate falls back to anyway, without its warning
+            pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stops[0],
+            streamer=streamer,
+        )
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
