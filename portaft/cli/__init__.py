@@ -8,9 +8,11 @@ import traceback
 
 from portaft.errors import UserError
 
-from . import backends_cmd, doctor_cmd, parity_cmd, plugins_cmd, preview_cmd, run_cmd, validate_cmd
+from . import (backends_cmd, chat_cmd, compare_cmd, doctor_cmd, merge_cmd, parity_cmd, plugins_cmd, preview_cmd,
+               run_cmd, validate_cmd)
 
-COMMANDS = (run_cmd, validate_cmd, preview_cmd, parity_cmd, backends_cmd, doctor_cmd, plugins_cmd)
+COMMANDS = (run_cmd, validate_cmd, preview_cmd, parity_cmd, compare_cmd, merge_cmd, chat_cmd, backends_cmd,
+            doctor_cmd, plugins_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:
