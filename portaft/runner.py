@@ -98,11 +98,13 @@ def run(
     # the model; LoRA's initial weights come from the seeded RNG: same seed, same run
     set_seed(int(effective.train.get("seed", 42)))
     model = chosen.load_model(effective)
+    _check_vocabulary(model, tokenizer, effective)
     model = prepare_for_training(model, effective.finetune, effective.lora,
                                  bool(effective.train.get("gradient_checkpointing")), effective.quantization is not None)
     echo(f"portaft: {trainable_summary(model)}")
     # 6. train
     output_dir = Path(effective.train["output_dir"])
+    tokenizer.chat_template = template  # checkpoints and the output carry the template trained with
     trainer = chosen.trainer(model=model, args=args, train_dataset=built.dataset, data_collator=collator, tokenizer=tokenizer)
     if sampler is not None:
         data.packing.use_packed_batches(trainer, sampler, collator)
@@ -130,7 +132,6 @@ def run(
     after = ask("after training", trainer.model)
     # 7. save: the adapter (or, finetune: full, the whole model) + tokenizer carrying the
     # template it was trained with, the effective recipe and the run record
-    tokenizer.chat_template = template
     trainer.save_model(str(output_dir))  # the Trainer saves from the first process only
     result = RunResult(output_dir, chosen.name, notes, dict(output.metrics), list(trainer.state.log_history), before, after,
                        during.during if during is not None else [])
@@ -139,7 +140,7 @@ def run(
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(str(output_dir))
     write_recipe(output_dir, effective, notes)
-    write_run(output_dir, {
+    record = {
         "backend": chosen.name,
         "device": str(args.device),
         "processes": world_size,
@@ -155,13 +156,40 @@ def run(
         "log_history": result.log_history,
         "samples": {"before": before, "during": result.samples_during, "after": after},
         "seconds": round(time.time() - started, 1),
-    })
+    }
+    write_run(output_dir, record)
+    _write_report(output_dir, record, echo)
     echo(f"portaft: adapter saved in {output_dir}")
     return result
 
 
 def _silent(_: str) -> None:
     pass
+
+
+def _check_vocabulary(model: Any, tokenizer: Any, recipe: Any) -> None:
+    """A tokenizer with ids past the model's embeddings ends in a device-side assert on a
+    GPU (an index error on the CPU): say what is wrong instead."""
+    from .errors import UserError
+
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise UserError(f"model.name_or_path: the tokenizer in {recipe.model.name_or_path} has {len(tokenizer):,} tokens "
+                        f"but the model only {rows:,} embeddings: they do not belong together. Use the tokenizer "
+                        "saved with this model.")
+
+
+def _write_report(output_dir: Path, record: dict, echo: Callable[[str], None]) -> None:
+    """report.md and loss.png are for people: a failure there warns, it never costs a finished run."""
+    from .report import write_report
+
+    try:
+        chart, report = write_report(output_dir, record)
+    except Exception as exc:  # noqa: BLE001 (whatever broke, the adapter and portaft_run.json are saved)
+        echo(f"portaft: warning: no report written ({type(exc).__name__}: {exc}); the run is complete, "
+             f"its record is {output_dir / 'portaft_run.json'}")
+        return
+    echo(f"portaft: report in {report}, loss chart in {chart}")
 
 
 def _already_finished(record: dict, backend: str, notes: list[str], recipe: Any, echo: Callable[[str], None]) -> RunResult:
