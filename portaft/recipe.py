@@ -61,6 +61,11 @@ class LoraSection(_Section):
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (peft), a little slower, often better.")
 
 
+class ChatTurn(_Section):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
 class QuantizationSection(_Section):
     bits: Literal[4, 8] = Field(4, description="4 = QLoRA (NF4/FP4 weights), 8 = LLM.int8 weights.")
     type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 is QLoRA's.")
@@ -97,8 +102,9 @@ class Recipe(_Section):
         None, description="Load the frozen base quantized through bitsandbytes (QLoRA); CUDA only."
     )
     train: dict[str, Any] = Field(description="transformers TrainingArguments, by their own names.")
-    eval_prompts: list[str] = Field(
-        default_factory=list, description="Questions answered greedily before and after training."
+    eval_prompts: list[str | list[ChatTurn]] = Field(
+        default_factory=list, description="Questions answered greedily before and after training: a string, or a "
+        "conversation (a list of {role, content} turns ending with the user's) for multi-turn behaviour."
     )
     eval_every: int | None = Field(
         None, gt=0, description="Also answer eval_prompts every this many optimizer steps while training."
@@ -115,6 +121,14 @@ class Recipe(_Section):
     def _eval_every_needs_prompts(self) -> "Recipe":
         if self.eval_every is not None and not self.eval_prompts:
             raise ValueError("eval_every is set but eval_prompts is empty: add the questions to answer")
+        return self
+
+    @model_validator(mode="after")
+    def _conversations_end_with_the_user(self) -> "Recipe":
+        for index, prompt in enumerate(self.eval_prompts):
+            if isinstance(prompt, list) and (not prompt or prompt[-1].role != "user"):
+                raise ValueError(f"eval_prompts[{index}] is a conversation that does not end with a user turn: "
+                                 "end it with the question to answer")
         return self
 
     @model_validator(mode="after")

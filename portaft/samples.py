@@ -8,19 +8,30 @@ from typing import Any
 from .data.templates import render, stop_token_ids
 
 
-def answer_prompts(model: Any, tokenizer: Any, template: str, prompts: list[str], max_new_tokens: int = 48,
+def answer_prompts(model: Any, tokenizer: Any, template: str, prompts: list, max_new_tokens: int = 48,
                    system: str | None = None) -> list[dict]:
-    """Greedy answers; `system` (the recipe's) is given to each prompt as in training."""
+    """Greedy answers to questions (strings) or conversations (lists of {role, content}
+    ending with the user's turn); `system` (the recipe's) is given to each as in
+    training, unless a conversation has its own."""
     answers = []
     was_training = model.training
     model.eval()
     stops = stop_token_ids(tokenizer, template)  # e.g. ChatML's <|im_end|> as well as eos
     for prompt in prompts:
-        messages = ([{"role": "system", "content": system}] if system is not None else []) + [
-            {"role": "user", "content": prompt}]
-        answers.append({"prompt": prompt, "answer": reply(model, tokenizer, template, messages, stops, max_new_tokens)})
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [_turn(t) for t in prompt]
+        own_system = any(t["role"] == "system" for t in turns)
+        messages = ([{"role": "system", "content": system}] if system is not None and not own_system else []) + turns
+        item = {"prompt": turns[-1]["content"]}
+        if len(turns) > 1:
+            item["conversation"] = turns
+        item["answer"] = reply(model, tokenizer, template, messages, stops, max_new_tokens)
+        answers.append(item)
     model.train(was_training)
     return answers
+
+
+def _turn(turn: Any) -> dict:
+    return turn if isinstance(turn, dict) else {"role": turn.role, "content": turn.content}
 
 
 def reply(model: Any, tokenizer: Any, template: str, messages: list[dict], stops: list[int],

@@ -112,6 +112,30 @@ def test_eval_prompts_are_asked_with_the_recipes_system_prompt(tiny_model, token
     assert seen == [[{"role": "system", "content": "你是黄大力的助手。"}, {"role": "user", "content": "你是谁？"}]]
 
 
+def test_an_eval_prompt_may_be_a_conversation(tiny_model, tokenizer, monkeypatch, recipe_dict):
+    from transformers import AutoModelForCausalLM
+
+    import portaft.samples
+    from portaft.data.chat_templates import DEEPSEEK
+
+    seen = []
+    real_render = portaft.samples.render
+    monkeypatch.setattr(portaft.samples, "render", lambda tok, tpl, messages, **kw: seen.append(messages) or
+                        real_render(tok, tpl, messages, **kw))
+    turns = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"},
+             {"role": "user", "content": "你是谁？"}]
+    recipe = portaft.load_recipe({**recipe_dict, "eval_prompts": ["Who?", turns]})
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    tokenizer.pad_token = tokenizer.eos_token
+    answers = portaft.samples.answer_prompts(model, tokenizer, DEEPSEEK, recipe.eval_prompts, max_new_tokens=1,
+                                             system="S")
+    assert seen[1] == [{"role": "system", "content": "S"}, *turns]
+    assert answers[1]["prompt"] == "你是谁？" and answers[1]["conversation"] == turns
+    assert "conversation" not in answers[0]
+    with pytest.raises(portaft.RecipeError, match=r"eval_prompts\[0\] is a conversation that does not end with a user"):
+        portaft.load_recipe({**recipe_dict, "eval_prompts": [turns[:2]]})
+
+
 def test_eval_every_answers_while_training_and_keeps_the_step(recipe_dict, tmp_path):
     lines: list[str] = []
     recipe = {**recipe_dict, "eval_prompts": ["你是谁？"], "eval_every": 2}
@@ -154,3 +178,14 @@ def test_full_finetuning_updates_every_weight_and_saves_a_whole_model(recipe_dic
     changed = [name for (name, a), (_, b) in zip(base.named_parameters(), tuned.named_parameters())
                if not torch.equal(a, b)]
     assert len(changed) == len(list(base.parameters()))  # every weight moved, embeddings included
+
+
+def test_a_tokenizer_bigger_than_the_models_embeddings_is_refused(tokenizer, recipe_dict):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from portaft.runner import _check_vocabulary
+
+    small = LlamaForCausalLM(LlamaConfig(vocab_size=1000, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    with pytest.raises(portaft.UserError, match=r"has 129,280 tokens but the model only 1,000 embeddings"):
+        _check_vocabulary(small, tokenizer, portaft.load_recipe(recipe_dict))
