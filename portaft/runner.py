@@ -196,7 +196,7 @@ def _already_finished(record: dict, backend: str, notes: list[str], recipe: Any,
     output_dir = Path(recipe.train["output_dir"])
     steps = next((e.get("step") for e in reversed(record.get("log_history", [])) if "step" in e), "?")
     echo(f"portaft: {output_dir} already holds this run, finished at step {steps}: nothing to do. "
-         "(resume: false with overwrite: true trains it again.)")
+         "To train it again: resume: false and overwrite: true (on the command line: resume=false overwrite=true).")
     samples = record.get("samples", {})
     return RunResult(output_dir, backend, notes, record.get("metrics", {}), record.get("log_history", []),
                      samples.get("before", []), samples.get("after", []), samples.get("during", []))
