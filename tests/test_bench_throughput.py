@@ -1,0 +1,120 @@
+"""The throughput benchmark (bench/throughput.py) runs on the CPU and counts exactly (a smoke
+run with the tiny model: its timings mean nothing here, its token counts do)."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from portaft.data.packing import packing_supported
+
+REPO = Path(__file__).resolve().parents[1]
+STEPS, SEED_STEPS, WARMUP, SAMPLES = 2, 2, 1, 16
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out, work = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("work")
+    subprocess.run([sys.executable, str(REPO / "bench" / "throughput.py"), "--shape", "tiny", "--lengths", "sft",
+                    "--paths", "seed,tuned,portaft", "--rounds", "1", "--steps", str(STEPS), "--seed-steps",
+                    str(SEED_STEPS), "--warmup", str(WARMUP), "--samples", str(SAMPLES), "--out", str(out),
+                    "--work", str(work)], check=True, capture_output=True, timeout=600)
+    return out, json.loads((out / "throughput-tiny-sft.json").read_text(encoding="utf-8"))
+
+
+def runs_by_path(record):
+    return {run["path"]: run for run in record["runs"]}
+
+
+@pytest.mark.slow
+def test_every_path_trains_and_is_measured_or_says_why_not(smoke_run):
+    _, record = smoke_run
+    runs = runs_by_path(record)
+    assert set(runs) == {"seed", "tuned", "portaft"}
+    for path, run in runs.items():
+        if path == "tuned" and packing_supported() is not None:  # old transformers: flattened samples would mix
+            assert "block-diagonal" in run["skipped"]
+            continue
+        assert "error" not in run and "skipped" not in run, run
+        assert run["tokens"] > 0 and run["tokens_per_second"] > 0 and run["measured_steps"] == run["steps"] - WARMUP
+        assert len(run["first_losses"]) == min(3, run["steps"])
+
+
+@pytest.mark.slow
+def test_token_counts_are_exactly_the_tokens_of_the_samples_that_ran(smoke_run):
+    _, record = smoke_run
+    for path, run in runs_by_path(record).items():
+        if "skipped" in run:
+            continue
+        data = run["data"]
+        assert data["samples"] == SAMPLES and data["shortest"] < data["longest"]  # padded batches hold padding
+        per_step = (2 * 8, SEED_STEPS) if path == "seed" else (run["batch"], STEPS)
+        assert run["step_samples"] == [per_step[0]] * per_step[1]
+        # every step's samples cover whole epochs, so the steps hold each sample exactly `epochs` times:
+        # counting padding, or missing or double-counting a micro-batch, breaks these equalities
+        epochs, rest = divmod(sum(run["step_samples"]), data["samples"])
+        assert rest == 0 and epochs >= 1
+        assert sum(run["step_tokens"]) == epochs * data["tokens"]
+        assert sum(run["step_trained_tokens"]) == epochs * data["trained_tokens"]
+        assert run["tokens"] == sum(run["step_tokens"][WARMUP:])  # warm-up steps are not measured
+        assert run["tokens_per_second"] == pytest.approx(run["tokens"] / run["seconds"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_plain_and_portaft_train_the_same_first_batch_to_the_same_loss(smoke_run):
+    _, record = smoke_run
+    runs = runs_by_path(record)
+    if "skipped" in runs["tuned"]:
+        pytest.skip(runs["tuned"]["skipped"])
+    # same data, same sampler seed, same initial weights: padded and flattened batches agree
+    assert runs["tuned"]["step_tokens"][0] == runs["portaft"]["step_tokens"][0]
+    assert runs["tuned"]["first_losses"][0] == pytest.approx(runs["portaft"]["first_losses"][0], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_results_are_written_as_tables_and_the_recipe_is_a_plain_one(smoke_run):
+    out, record = smoke_run
+    table = (out / "throughput-tiny-sft.md").read_text(encoding="utf-8")
+    for path in ("seed", "tuned", "portaft"):
+        assert f"| tiny | sft | {path} |" in table
+    assert (out / "throughput.md").read_text(encoding="utf-8") == table  # the summary of every JSON in OUT
+    assert set(record["recipe"]["train"]) == {"output_dir", "per_device_train_batch_size", "learning_rate", "bf16",
+                                              "max_steps", "logging_steps", "save_strategy", "report_to"}
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("throughput", REPO / "bench" / "throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_path_out_of_memory_runs_again_at_half_the_batch_and_keeps_it():
+    launched = []
+
+    def launch(path, round_number, batch):  # as if 8 samples per batch were the most that fit
+        launched.append((path, round_number, batch))
+        if path != "seed" and batch > 8:
+            return {"error": "OutOfMemoryError: CUDA out of memory. Tried to allocate 18.55 GiB."}
+        return {"tokens_per_second": 1.0}
+
+    saved = []
+    batches = {"seed": 2, "tuned": 8, "portaft": 32}
+    load_benchmark().run_rounds(["seed", "tuned", "portaft"], range(1, 3), batches, launch,
+                                lambda runs, oom: saved.append((list(runs), list(oom))))
+    runs, out_of_memory = saved[-1]
+    assert [(r["path"], r["round"], r["batch"]) for r in runs] == [
+        ("seed", 1, 2), ("tuned", 1, 8), ("portaft", 1, 8), ("tuned", 2, 8), ("portaft", 2, 8), ("seed", 2, 2)]
+    assert [(r["path"], r["batch"]) for r in out_of_memory] == [("portaft", 32), ("portaft", 16)]
+    assert ("portaft", 2, 32) not in launched  # the second round starts at the batch that fitted
+    assert len(saved) == len(runs)  # results are written after every run
+
+
+def test_the_seed_path_keeps_the_tutorial_batch_even_out_of_memory():
+    saved = []
+    load_benchmark().run_rounds(["seed"], range(1, 2), {"seed": 2}, lambda *_: {"error": "CUDA out of memory"},
+                                lambda runs, oom: saved.append((list(runs), list(oom))))
+    assert saved[-1] == ([{"path": "seed", "round": 1, "batch": 2, "error": "CUDA out of memory"}], [])
