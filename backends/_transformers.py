@@ -45,6 +45,8 @@ class DevicePolicy:
     use_cpu: bool  # tell TrainingArguments to stay on the CPU
     has_flash_attention: Callable[[], bool] = lambda: False  # the flash_attn package works here
     fused_adamw: str | None = "adamw_torch_fused"  # this device's fused AdamW (TrainingArguments optim name)
+    # train on batches without pad tokens (the same samples, flattened) where transformers can
+    padding_free: bool = False
     # why bitsandbytes quantization (QLoRA) cannot run here; None = it can
     cannot_quantize: Callable[[], str | None] = lambda: "portaft runs bitsandbytes only on CUDA GPUs"
 
@@ -141,6 +143,15 @@ class TransformersBackend:
             recipe.quantization.compute_dtype = "fp16"
             return [f"quantization.compute_dtype: bf16 -> fp16 ({self.name} has no bfloat16 here)"]
         return []
+
+    def padding_free(self, recipe: Recipe) -> bool:
+        """Train each batch flattened, without pad tokens: the same samples and the same loss
+        as padded (tests/test_packing.py), less compute and memory. Where the device wants
+        it and the installed transformers reads packed position_ids."""
+        from portaft.data.packing import packing_supported
+
+        policy = ON_CPU if recipe.device == "cpu" else self.device
+        return policy.padding_free and not recipe.packing and packing_supported() is None
 
     def load_tokenizer(self, recipe: Recipe) -> Any:
         library = self._library_for(recipe)

@@ -37,6 +37,9 @@ class Backend(Protocol):
     def collator(self, tokenizer: Any) -> Collator | None:
         """The backend library's seq2seq collator, or None to use portaft's own."""
 
+    # Optional: `padding_free(recipe) -> bool`. True makes portaft flatten each batch's
+    # samples into one row (no pad tokens; the same loss). Absent means padded batches.
+
 
 class Trainer(Protocol):
     state: Any  # .log_history, .global_step

@@ -95,6 +95,12 @@ def run(
         sampler, collator, note = data.packing.packed_batches(built.lengths, effective)
         notes.append(note)
         echo(f"portaft: {note}")
+    elif getattr(chosen, "padding_free", lambda _: False)(effective):
+        collator = data.packing.flattening_collator()
+        note = ("batches: padding-free (each batch's samples flattened into one row with their own position ids: "
+                "no pad tokens computed, the same loss as padded)")
+        notes.append(note)
+        echo(f"portaft: {note}")
     # the model; LoRA's initial weights come from the seeded RNG: same seed, same run
     set_seed(int(effective.train.get("seed", 42)))
     model = chosen.load_model(effective)

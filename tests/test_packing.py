@@ -110,3 +110,37 @@ def test_where_transformers_cannot_read_packed_positions_a_note_says_masks_are_e
     result = portaft.run({**recipe_dict, "packing": True, "train": {**recipe_dict["train"], "max_steps": 1}},
                          backend="cpu", echo=lambda _: None)
     assert any("each packed batch carries an explicit block-diagonal attention mask" in n for n in result.notes)
+
+
+def test_padding_free_batches_train_exactly_like_padded_ones(recipe_dict, monkeypatch):
+    """What the cuda backend does by default: the same samples per batch, flattened."""
+    from portaft.backends._transformers import TransformersBackend
+    from portaft.data.packing import packing_supported
+
+    if packing_supported() is not None:
+        pytest.skip("this transformers cannot read packed position_ids: padding-free stays off")
+    recipe_dict["train"]["max_steps"] = 5
+    padded = portaft.run({**recipe_dict, "train": {**recipe_dict["train"], "output_dir": recipe_dict["train"]["output_dir"] + "-padded"}},
+                         backend="cpu", echo=lambda _: None)
+    monkeypatch.setattr(TransformersBackend, "padding_free", lambda self, recipe: True)
+    lines = []
+    flat = portaft.run(recipe_dict, backend="cpu", echo=lines.append)
+    assert any("batches: padding-free" in line for line in lines)
+    expected = [e["loss"] for e in padded.log_history if "loss" in e]
+    got = [e["loss"] for e in flat.log_history if "loss" in e]
+    assert len(got) == 5 and got == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_cuda_backend_goes_padding_free_but_not_with_device_cpu(recipe_dict, monkeypatch):
+    from portaft.backends import cuda
+    from portaft.data.packing import packing_supported
+
+    monkeypatch.setattr(cuda.CUDA, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(cuda.CUDA, "supports_bf16", lambda: True)
+    backend = portaft.get_backend("cuda")
+    effective, _ = backend.resolve(portaft.load_recipe(recipe_dict))
+    assert backend.padding_free(effective) == (packing_supported() is None)
+    on_cpu, _ = backend.resolve(portaft.load_recipe({**recipe_dict, "device": "cpu"}))
+    assert not backend.padding_free(on_cpu)
+    packed, _ = backend.resolve(portaft.load_recipe({**recipe_dict, "packing": True}))
+    assert not backend.padding_free(packed)  # packing has its own batches
