@@ -46,8 +46,8 @@ def peak_device_memory_gib(device: Any) -> float | None:
     """The most memory tensors held on an accelerator during the run (None on the CPU)."""
     import torch
 
-    kind = getattr(device, "type", str(device))
-    module = getattr(torch, kind, None) if kind in ("cuda", "npu") else None
-    if module is None or not module.is_available():
+    # torch.cuda, torch.npu (torch_npu), ...: any device module that counts its memory; not torch.cpu
+    module = getattr(torch, getattr(device, "type", str(device)), None)
+    if not hasattr(module, "max_memory_allocated") or not module.is_available():
         return None
     return round(module.max_memory_allocated(device) / 2**30, 2)
