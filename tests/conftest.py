@@ -30,6 +30,28 @@ def fresh_plugins():
     plugins.reset_plugins()
 
 
+IDENTITY_QUESTIONS = ("你是谁？", "你叫什么？", "介绍一下你自己。", "Who are you?")
+
+
+def identity_recipe(folder: Path, model: Path, **train) -> dict:
+    """A real self-identity run of the tiny model: its data written into `folder`, the
+    recipe returned (train: what every such test shares, updated by `train`)."""
+    data = folder / "identity.jsonl"
+    rows = [{"conversation": [{"system": "你是黄大力的智能助手。", "input": q, "output": "我是黄大力的智能助手。"}]}
+            for q in IDENTITY_QUESTIONS]
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    return {
+        "model": {"name_or_path": str(model)},
+        "data": [{"path": str(data)}],
+        "template": "deepseek",
+        "max_length": 64,
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "train": {"per_device_train_batch_size": 4, "learning_rate": 1e-2, "logging_steps": 1, "report_to": "none",
+                  "seed": 7, **train},
+        "eval_prompts": ["你是谁？"],
+    }
+
+
 @pytest.fixture
 def conversation_file(tmp_path) -> Path:
     path = tmp_path / "identity.jsonl"

@@ -8,24 +8,13 @@ import yaml
 
 import portaft
 
+from conftest import identity_recipe
+
 
 @pytest.fixture(scope="module")
 def trained(tiny_model, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    data = tmp / "identity.jsonl"
-    rows = [{"conversation": [{"system": "你是黄大力的智能助手。", "input": q, "output": "我是黄大力的智能助手。"}]}
-            for q in ("你是谁？", "你叫什么？", "介绍一下你自己。", "Who are you?")]
-    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
-    recipe = {
-        "model": {"name_or_path": str(tiny_model)},
-        "data": [{"path": str(data)}],
-        "template": "deepseek",
-        "max_length": 64,
-        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-        "train": {"output_dir": str(tmp / "out"), "max_steps": 12, "per_device_train_batch_size": 4,
-                  "learning_rate": 1e-2, "logging_steps": 1, "save_steps": 6, "report_to": "none", "seed": 7},
-        "eval_prompts": ["你是谁？"],
-    }
+    recipe = identity_recipe(tmp, tiny_model, output_dir=str(tmp / "out"), max_steps=12, save_steps=6)
     lines: list[str] = []
     result = portaft.run(recipe, backend="cpu", echo=lines.append)
     return result, lines, tiny_model

@@ -8,6 +8,7 @@ import pytest
 
 import portaft
 import portaft.report
+from conftest import identity_recipe
 from portaft import compare
 from portaft.cli import main
 from portaft.report import cell, loss_figure, write_report
@@ -19,26 +20,11 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def two_runs(tiny_model, tmp_path_factory):
     """Two real 4-step LoRA runs of the tiny model that differ only in their learning rate."""
     tmp = tmp_path_factory.mktemp("runs")
-    data = tmp / "identity.jsonl"
-    answer = "我是黄大力的智能助手。"
-    rows = [{"conversation": [{"system": "你是黄大力的智能助手。", "input": q, "output": answer}]}
-            for q in ("你是谁？", "你叫什么？", "介绍一下你自己。", "Who are you?")]
-    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
     folders = []
     for name, lr in (("fast", 1e-2), ("slow", 2e-3)):
-        recipe = {
-            "model": {"name_or_path": str(tiny_model)},
-            "data": [{"path": str(data)}],
-            "template": "deepseek",
-            "max_length": 64,
-            "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
-            "train": {"output_dir": str(tmp / name), "max_steps": 4, "per_device_train_batch_size": 4, "seed": 7,
-                      "learning_rate": lr, "logging_steps": 1, "save_strategy": "no", "report_to": "none"},
-            "eval_prompts": ["你是谁？"],
-            "eval_every": 2,
-        }
+        recipe = {**identity_recipe(tmp, tiny_model, output_dir=str(tmp / name), max_steps=4, learning_rate=lr,
+                                    save_strategy="no"), "eval_every": 2}
         result = portaft.run(recipe, backend="cpu", echo=lambda _: None)
-        write_report(result.output_dir, record_of(result.output_dir))
         folders.append(result.output_dir)
     return folders
 
