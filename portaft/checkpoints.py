@@ -26,6 +26,7 @@ from transformers.trainer_callback import TrainerCallback
 from .errors import UserError
 from .outputs import RUN_FILE  # written last by a finished run
 from .recipe import Recipe
+from .yamlpaths import format_path, leaf_paths
 
 MARKER = "portaft_checkpoint.json"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -39,7 +40,6 @@ NOT_TRAINING = {
     "train.save_total_limit", "train.save_only_model", "train.save_safetensors", "train.report_to",
     "train.run_name", "train.disable_tqdm", "train.dataloader_num_workers", "train.dataloader_pin_memory",
     "train.dataloader_persistent_workers", "train.dataloader_prefetch_factor", "train.push_to_hub",
-    "train.hub_model_id", "train.hub_strategy", "train.hub_token", "train.hub_private_repo",
 }
 
 
@@ -47,8 +47,8 @@ def training_identity(recipe: Recipe) -> dict[str, Any]:
     """{yaml.path: value} of everything that changes training, and a digest per data source."""
     from .data.sources import source_files
 
-    flat = _flatten(recipe.model_dump(mode="json"))
-    identity = {k: v for k, v in flat.items() if k not in NOT_TRAINING and not k.startswith("train.hub_")}
+    identity = {format_path(path): value for path, value in leaf_paths(recipe.model_dump(mode="json")).items()
+                if not _not_training(path)}
     for index, source in enumerate(recipe.data):
         digest = hashlib.sha256()
         for path in source_files(source.path):
@@ -72,18 +72,10 @@ def _show(value: Any) -> str:
     return value if isinstance(value, str) and value == "<unset>" else json.dumps(value, ensure_ascii=False)
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
-        return out
-    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        out = {}
-        for index, item in enumerate(value):
-            out.update(_flatten(item, f"{prefix}[{index}]"))
-        return out
-    return {prefix: value}
+def _not_training(path: tuple) -> bool:
+    """A top-level key (eval_prompts, with everything under it) or train.* key that may change."""
+    return (format_path(path[:1]) in NOT_TRAINING or format_path(path[:2]) in NOT_TRAINING
+            or (path[0] == "train" and str(path[1]).startswith("hub_")))
 
 
 # --- what is in an output folder -------------------------------------------------------

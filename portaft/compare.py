@@ -12,6 +12,7 @@ from typing import Any
 from .errors import UserError
 from .outputs import RECIPE_FILE, RUN_FILE
 from .report import fmt, read_recipe, series, train_setting
+from .yamlpaths import leaf_paths
 
 # differ between any two runs by construction: naming them would say nothing
 NOT_COMPARED = ("train.output_dir", "train.logging_dir", "train.run_name")
@@ -60,19 +61,10 @@ def _load_run(folder: Path) -> FinishedRun:
     return FinishedRun(folder, folder.resolve().name, record, flatten(read_recipe(folder)))
 
 
-def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(node: Any) -> dict[str, Any]:
     """Dotted YAML paths as overrides write them (`lora.r`, `data.0.path`); a list of plain
     values (target_modules, eval_prompts) stays one value."""
-    if isinstance(node, dict):
-        items = node.items()
-    elif isinstance(node, list) and any(isinstance(v, (dict, list)) for v in node):
-        items = enumerate(node)
-    else:
-        return {prefix: node} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in items:
-        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
+    return {".".join(map(str, path)): value for path, value in leaf_paths(node).items()}
 
 
 def differing_settings(runs: list[FinishedRun]) -> dict[str, list[str]]:

@@ -61,6 +61,21 @@ def format_path(path: Path_) -> str:
     return out or "(top level)"
 
 
+def leaf_paths(node: Any, path: Path_ = ()) -> dict[Path_, Any]:
+    """{yaml path: value} of every leaf under `node`. Mappings, and lists holding mappings
+    or lists, are walked; a list of plain values (target_modules) is one leaf."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list) and any(isinstance(v, (dict, list)) for v in node):
+        items = enumerate(node)
+    else:
+        return {path: node} if path else {}
+    leaves: dict[Path_, Any] = {}
+    for key, value in items:
+        leaves.update(leaf_paths(value, path + (key,)))
+    return leaves
+
+
 def nearest_line(lines: dict[Path_, int], path: Path_) -> int | None:
     """The line of `path`, or of its closest ancestor that the file contains."""
     for end in range(len(path), -1, -1):
