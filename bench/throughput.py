@@ -120,7 +120,8 @@ def drive(args: argparse.Namespace) -> Path:
     batches = {"seed": SEED_BATCH, "tuned": batch, "portaft": args.portaft_batch or batch}
     config = {"shape": args.shape, "lengths": args.lengths, "max_length": MAX_LENGTH[args.lengths] // scale,
               "steps": args.steps, "seed_steps": args.seed_steps or args.steps, "warmup": args.warmup,
-              "work": str(work)}
+              "work": str(work), "portaft_without": args.portaft_without,
+              "profile": str(out / f"profile-{name}") if args.profile else None}
     if min(config["steps"], config["seed_steps"]) <= args.warmup:
         raise SystemExit("--steps and --seed-steps must be larger than --warmup: nothing would be measured")
     samples = args.samples or max(config["steps"] * max(batches.values()),
@@ -292,7 +293,7 @@ def run_path(path: str, config: dict, batch: int) -> dict:
     import torch
 
     cuda = torch.cuda.is_available()
-    meter = make_meter(config["warmup"], cuda)
+    meter = make_meter(config["warmup"], cuda, f"{config['profile']}-{path}.txt" if config.get("profile") else None)
     record: dict = {"versions": versions(), "gpu": torch.cuda.get_device_name() if cuda else None}
     try:
         run = {"seed": run_seed, "tuned": run_tuned, "portaft": run_portaft}[path]
@@ -378,10 +379,16 @@ def run_portaft(config: dict, batch: int, meter, cuda: bool) -> dict:
         register(meter)
 
     get_plugins().register(types.SimpleNamespace(register_callbacks=register_callbacks), name="throughput-meter")
+    without = config.get("portaft_without") or []
+    if without:  # an ablation: the cuda backend with some of its speed-ups switched off (the recipe is the same)
+        from portaft.backends.cuda import CUDA
+
+        for speed_up in without:
+            setattr(CUDA, speed_up, False)
     recipe = recipe_path(config, batch)
     shutil.rmtree(portaft.load_recipe(recipe).train["output_dir"], ignore_errors=True)  # else it resumes or skips
     portaft.run(recipe)
-    return {"recipe": str(recipe)}
+    return {"recipe": str(recipe), "without": without}
 
 
 def _portaft_rows(config: dict, tokenizer):
@@ -403,9 +410,11 @@ def data_report(config: dict) -> dict:
             "longest": max(built.lengths), "truncated": report.truncated}
 
 
-def make_meter(warmup: int, cuda: bool):
+def make_meter(warmup: int, cuda: bool, profile: str | None = None):
     """A TrainerCallback that times optimizer steps after `warmup` and counts the tokens of
-    every micro-batch the model ran (a forward pre-hook), on the device: no extra syncs."""
+    every micro-batch the model ran (a forward pre-hook), on the device: no extra syncs.
+    With `profile` (a file), the two steps after the warm-up run under torch.profiler and
+    its table of kernels by device time goes to that file (those steps' timings suffer)."""
     import torch
     from transformers import TrainerCallback
 
@@ -444,12 +453,22 @@ def make_meter(warmup: int, cuda: bool):
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.current = []
+            if profile and len(self.begins) == warmup:
+                self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
+                                                       + ([torch.profiler.ProfilerActivity.CUDA] if cuda else []))
+                self.profiler.start()
             self.begins.append(self.mark())
 
         def on_step_end(self, args, state, control, **kwargs):
             self.ends.append(self.mark())
             self.steps.append(self.current)
             self.current = None
+            if profile and len(self.ends) == warmup + 2:
+                self.profiler.stop()
+                table = self.profiler.key_averages().table(sort_by="self_device_time_total" if cuda else
+                                                           "self_cpu_time_total", row_limit=45, max_name_column_width=70)
+                Path(profile).write_text(f"two optimizer steps after {warmup} warm-up steps\n{table}\n",
+                                         encoding="utf-8")
 
         def on_train_end(self, args, state, control, **kwargs):
             if cuda:
@@ -593,8 +612,9 @@ def markdown(records: list[dict]) -> str:
 def _batch(path: str, s: dict, record: dict) -> str:
     if path == "seed":
         return f"{s['batch']} x GA {SEED_ACCUMULATION}, checkpointing"
+    without = s.get("settings", {}).get("without") if path == "portaft" else None
     text = f"{s['batch']}, padding-free" + (", Liger" if record["device"] == "cuda" else "") if path == "tuned" \
-        else str(s["batch"])
+        else str(s["batch"]) + (f", without {' and '.join(without)}" if without else "")
     return text + "".join(f" ({b}: out of memory)" for b in s["out_of_memory_at"])
 
 
@@ -637,6 +657,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="first optimizer steps left out of the measurement")
     parser.add_argument("--batch", type=int, help="tuned and portaft per-device batch (default per shape)")
     parser.add_argument("--portaft-batch", type=int, help="portaft's recipe batch, when it must differ (memory)")
+    parser.add_argument("--portaft-without", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+                        default=[], metavar="SPEEDUPS",
+                        help="ablation: the cuda backend without these (padding_free,varlen_attention,fused_loss,fused_norms)")
+    parser.add_argument("--profile", action="store_true",
+                        help="write OUT/profile-SHAPE-LENGTHS-PATH.txt: torch.profiler's kernels of two measured steps")
     parser.add_argument("--samples", type=int, help="synthetic samples (default: as many as the longest path uses)")
     parser.add_argument("--out", default=str(BENCH / "results"))
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "portaft-bench"))
@@ -656,6 +681,9 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(run_path(path, json.loads(Path(config).read_text()), args.batch)))
     else:
         args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+        speed_ups = {"padding_free", "varlen_attention", "fused_loss", "fused_norms"}
+        if set(args.portaft_without) - speed_ups:
+            parser.error(f"--portaft-without: choose from {', '.join(sorted(speed_ups))}")
         unknown = sorted(set(args.paths) - set(PATHS))
         if unknown:
             parser.error(f"--paths: unknown {', '.join(unknown)}; choose from {', '.join(PATHS)}")

@@ -46,7 +46,7 @@ def reply(model: Any, tokenizer: Any, template: str, messages: list[dict], stops
     text = render(tokenizer, template, messages, add_generation_prompt=True)
     encoded = tokenizer(text, add_special_tokens=False, return_tensors="pt")
     ids = {"input_ids": encoded["input_ids"].to(device), "attention_mask": encoded["attention_mask"].to(device)}
-    with torch.no_grad():
+    with torch.no_grad(), _half_precision_autocast(model, device):
         out = model.generate(
             **ids,
             max_new_tokens=max_new_tokens,
@@ -57,3 +57,16 @@ def reply(model: Any, tokenizer: Any, template: str, messages: list[dict], stops
             streamer=streamer,
         )
     return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def _half_precision_autocast(model: Any, device: Any) -> Any:
+    """A bfloat16/float16 model generates under autocast, as it trains: its float32 adapter
+    weights then meet half-precision inputs (adapters.keep_inputs_in_compute_dtype)."""
+    import contextlib
+
+    import torch
+
+    dtype = getattr(model, "dtype", None)
+    if dtype not in (torch.bfloat16, torch.float16) or not torch.amp.is_autocast_available(device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

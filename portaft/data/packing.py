@@ -107,7 +107,10 @@ def packed_batches(lengths: list[int], recipe: Any) -> tuple[TokenBudgetSampler,
 class FlatteningCollator:
     """transformers' DataCollatorWithFlattening, plus `use_cache=False` in every batch:
     transformers only reads packed position_ids as sequence boundaries when no KV
-    cache is passed, and a model whose config says use_cache would make one.
+    cache is passed, and a model whose config says use_cache would make one. Where
+    transformers reads them, the batch also carries the samples' bounds
+    (`cu_seq_lens_q/k`, `max_length_q/k`), which varlen attention kernels take as they
+    are and every other attention ignores.
 
     With `explicit_mask_dtype` (transformers without packed position_ids support) the
     batch also gets the block-diagonal causal mask itself, as the 4D additive mask
@@ -116,7 +119,8 @@ class FlatteningCollator:
     def __init__(self, explicit_mask_dtype: str | None = None) -> None:
         from transformers import DataCollatorWithFlattening
 
-        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        bounds = {"return_flash_attn_kwargs": True} if explicit_mask_dtype is None else {}
+        self.flatten = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100, **bounds)
         self.mask_dtype = explicit_mask_dtype
 
     def __call__(self, features: list[dict]) -> dict:

@@ -1,0 +1,128 @@
+"""Attention for flattened (padding-free or packed) batches: each sample attends to itself only.
+
+transformers' sdpa path turns a flattened row into one [L, L] block-diagonal mask and
+runs attention over the whole row: with 32 samples of ~300 tokens that is ~30x the
+work of attending within each sample, and sdpa cannot use its flash kernels with a
+mask. flash-attn's varlen kernels do the per-sample work, but the flash-attn package
+is rarely installed and often does not build. torch ships the same FlashAttention-2
+kernels (`aten::_flash_attention_forward`, with autograd, with variable-length
+sequences given as cumulative lengths): this module registers them as a transformers
+attention implementation, so any model written against transformers'
+AttentionInterface (Llama, Qwen2/3, Mistral, ...) uses them without patching a class.
+
+The sample boundaries come from the batch: portaft's flattening collator adds
+transformers' `cu_seq_lens_q/k` and `max_length_q/k` (computed on the CPU, so no
+device sync), which the model passes down to attention. Anything else (generation
+with a padded batch, a KV cache) goes to sdpa with sdpa's own mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+NAME = "portaft_varlen"  # no "flash" in it: transformers would look for a flash-attn package
+
+
+def unusable_reason(model: Any) -> str | None:
+    """Why this model cannot use the varlen flash kernels here; None when it can."""
+    import torch
+
+    config, dtype = model.config, model.dtype
+    if not hasattr(model, "set_attn_implementation"):
+        return "this transformers cannot change a loaded model's attention"
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0):
+        return "torch's flash kernels need an Ampere or newer GPU"
+    if not torch.backends.cuda.is_flash_attention_available():
+        return "this torch build has no flash attention kernels"
+    if dtype not in (torch.bfloat16, torch.float16):
+        return f"flash kernels compute in bfloat16 or float16, the model is {dtype}"
+    heads = getattr(config, "num_attention_heads", None)
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    if not head_dim or head_dim > 256 or head_dim % 8:
+        return f"head dimension {head_dim} (flash kernels take multiples of 8 up to 256)"
+    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    if layer_types != {"full_attention"} or (getattr(config, "sliding_window", None)
+                                             and getattr(config, "use_sliding_window", True)):
+        return "the model uses sliding-window attention"
+    if getattr(config, "attn_logit_softcapping", None) or getattr(config, "model_type", "") in ("gpt_oss",):
+        return "the model changes attention scores (softcapping or sinks)"
+    return None
+
+
+def register() -> str:
+    """Make NAME a transformers attention implementation (idempotent); return NAME."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, attention)
+    AttentionMaskInterface.register(NAME, _mask)
+    return NAME
+
+
+def _mask(*args: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
+    """No mask for unpadded rows (the kernels are causal per sample); sdpa's for padded ones."""
+    if attention_mask is None:
+        return None
+    from transformers.masking_utils import sdpa_mask
+
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+              scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """transformers' attention-function contract: q/k/v [batch, heads, length, dim] in,
+    [batch, length, heads, dim] out."""
+    batch, heads, length, dim = query.shape
+    if attention_mask is not None or key.shape[2] != length or not on_flash_device(query):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    cu_seq_lens, max_length = sequence_bounds(batch, length, query.device, kwargs)
+    dtype = query.dtype
+    if dtype not in (_torch().bfloat16, _torch().float16):  # float32 weights under autocast: compute as autocast does
+        target = _torch().get_autocast_dtype("cuda") if _torch().is_autocast_enabled("cuda") else _torch().bfloat16
+        query, key, value = query.to(target), key.to(target), value.to(target)
+    out = flash_varlen(_rows(query), _rows(key), _rows(value), cu_seq_lens, max_length, dropout, scaling)
+    return out.view(batch, length, heads, dim).to(dtype), None
+
+
+def on_flash_device(tensor: Any) -> bool:
+    return tensor.is_cuda
+
+
+def sequence_bounds(batch: int, length: int, device: Any, kwargs: dict) -> tuple[Any, int]:
+    """(int32 cumulative sample lengths over the flattened tokens, longest sample)."""
+    torch = _torch()
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is not None and kwargs.get("max_length_q") is not None:
+        return cu.to(device=device, dtype=torch.int32), int(kwargs["max_length_q"])
+    positions = kwargs.get("position_ids")
+    if positions is not None and batch == 1:  # flattened without bounds: restarts of the positions (one sync)
+        starts = (positions.reshape(-1) == 0).nonzero().reshape(-1)
+        ends = torch.cat([starts[1:], torch.tensor([length], device=starts.device)])
+        cu = torch.cat([starts, torch.tensor([length], device=starts.device)]).to(device=device, dtype=torch.int32)
+        return cu, int((ends - starts).max())
+    # plain rows: every row one causal sequence
+    return torch.arange(0, (batch + 1) * length, length, device=device, dtype=torch.int32), length
+
+
+def flash_varlen(query: Any, key: Any, value: Any, cu_seq_lens: Any, max_length: int, dropout: float,
+                 scale: float | None) -> Any:
+    """Causal attention of each [start, end) span alone: q [tokens, heads, dim], k/v
+    [tokens, kv_heads, dim] (grouped-query: kv_heads divides heads). torch's autograd
+    knows this op's backward (its flash backward kernel)."""
+    out = _torch().ops.aten._flash_attention_forward(query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length,
+                                                      dropout, True, False, scale=scale)
+    return out[0]
+
+
+def _rows(states: Any) -> Any:
+    """[batch, heads, length, dim] -> [batch * length, heads, dim], contiguous as the kernels need."""
+    return states.transpose(1, 2).reshape(-1, states.shape[1], states.shape[3])
+
+
+def _torch() -> Any:
+    import torch
+
+    return torch
