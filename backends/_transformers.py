@@ -55,6 +55,8 @@ class DevicePolicy:
     # and RMSNorm and the SwiGLU activation as single kernels
     fused_loss: bool = False
     fused_norms: bool = False
+    # torch.compile each decoder layer (fuses the element-wise work around the matmuls)
+    compile_layers: bool = False
 
 
 # `device: cpu`: any backend's library code, on the CPU, in float32
@@ -190,6 +192,12 @@ class TransformersBackend:
                 notes.append("kernels: RMSNorm and the SwiGLU activation fused (Liger Kernel)")
             if reason is not None and policy.fused_loss:
                 notes.append(f"loss: the full logits are computed ({reason})")
+        if policy.compile_layers:
+            decoder = getattr(model, model.base_model_prefix, model)
+            for layer in decoder.layers:
+                layer.compile(dynamic=True)
+            notes.append(f"kernels: each of the {len(decoder.layers)} decoder layers compiled (torch.compile, "
+                         "compiled once on the first steps)")
         return notes
 
     def load_tokenizer(self, recipe: Recipe) -> Any:

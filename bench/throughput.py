@@ -120,11 +120,11 @@ def drive(args: argparse.Namespace) -> Path:
     batches = {"seed": SEED_BATCH, "tuned": batch, "portaft": args.portaft_batch or batch}
     config = {"shape": args.shape, "lengths": args.lengths, "max_length": MAX_LENGTH[args.lengths] // scale,
               "steps": args.steps, "seed_steps": args.seed_steps or args.steps, "warmup": args.warmup,
-              "work": str(work), "portaft_without": args.portaft_without,
+              "work": str(work), "portaft_without": args.portaft_without, "portaft_with": args.portaft_with, "nproc": args.nproc,
               "profile": str(out / f"profile-{name}") if args.profile else None}
     if min(config["steps"], config["seed_steps"]) <= args.warmup:
         raise SystemExit("--steps and --seed-steps must be larger than --warmup: nothing would be measured")
-    samples = args.samples or max(config["steps"] * max(batches.values()),
+    samples = args.samples or max(config["steps"] * max(batches.values()) * args.nproc,
                                   config["seed_steps"] * SEED_BATCH * SEED_ACCUMULATION)
     data = work / f"chat-{name}-{samples}.jsonl"
     rows = (sft_conversations if args.lengths == "sft" else long_conversations)(samples, scale)
@@ -137,10 +137,13 @@ def drive(args: argparse.Namespace) -> Path:
 
     def launch(path: str, round_number: int, batch: int) -> dict:
         if path == "portaft":
-            recipe_path(config, batch).write_text(_yaml(portaft_recipe(config, batch)), encoding="utf-8")
+            recipe = portaft_recipe(config, batch)
+            recipe_path(config, batch).write_text(_yaml(recipe), encoding="utf-8")
+            shutil.rmtree(recipe["train"]["output_dir"], ignore_errors=True)  # else it resumes or skips
         try:
             return _subprocess_json(["--worker", path, str(config_file), "--batch", str(batch)], work,
-                                    args.worker_timeout, log=f"{path}-{round_number}-batch{batch}")
+                                    args.worker_timeout, log=f"{path}-{round_number}-batch{batch}",
+                                    nproc=args.nproc)
         except RuntimeError as exc:  # the process died: the end of its log is the error
             return {"error": str(exc)}
 
@@ -161,7 +164,7 @@ def drive(args: argparse.Namespace) -> Path:
             else run.get("skipped") or run.get("error", "?").splitlines()[0]), flush=True)
         record = {"benchmark": "throughput", "shape": args.shape, "lengths": args.lengths,
                   "date": datetime.date.today().isoformat(), "device": prepared["device"], "gpu": prepared["gpu"],
-                  "matmul_peak_tflops": prepared["matmul_peak_tflops"],
+                  "matmul_peak_tflops": prepared["matmul_peak_tflops"], "nproc": args.nproc,
                   "settings": {k: config[k] for k in ("max_length", "steps", "seed_steps", "warmup")}
                   | {"rounds": first_round + args.rounds - 1, "lora": LORA},
                   "recipe": portaft_recipe(config, batches["portaft"]),
@@ -216,16 +219,19 @@ def recipe_path(config: dict, batch: int) -> Path:
     return Path(config["work"]) / f"recipe-{config['shape']}-{config['lengths']}-batch{batch}.yaml"
 
 
-def _subprocess_json(arguments: list[str], work: Path, timeout: float, log: str = "prepare") -> dict:
+def _subprocess_json(arguments: list[str], work: Path, timeout: float, log: str = "prepare", nproc: int = 1) -> dict:
     """Run this script with `arguments` in the work folder (never the repository root, whose
-    portaft/ lacks portaft.backends); it writes its result as JSON, its output goes to a log."""
+    portaft/ lacks portaft.backends); it writes its result as JSON, its output goes to a log.
+    `nproc` > 1: as that many processes under torchrun, as `portaft run --nproc` launches them."""
     log_file, result = work / "logs" / f"{log}.log", work / "logs" / f"{log}.json"
     log_file.parent.mkdir(exist_ok=True)
     result.unlink(missing_ok=True)
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with open(log_file, "w", encoding="utf-8") as handle:
         try:
-            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *arguments, "--result", str(result)],
+            launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else []
+            done = subprocess.run([sys.executable, *launcher, str(Path(__file__).resolve()), *arguments,
+                                   "--result", str(result)],
                                   cwd=work, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"no result within {timeout:.0f} s (log: {log_file})") from None
@@ -379,16 +385,17 @@ def run_portaft(config: dict, batch: int, meter, cuda: bool) -> dict:
         register(meter)
 
     get_plugins().register(types.SimpleNamespace(register_callbacks=register_callbacks), name="throughput-meter")
-    without = config.get("portaft_without") or []
-    if without:  # an ablation: the cuda backend with some of its speed-ups switched off (the recipe is the same)
+    without, adding = config.get("portaft_without") or [], config.get("portaft_with") or []
+    if without or adding:  # an ablation: the cuda backend with speed-ups switched off or on (the same recipe)
         from portaft.backends.cuda import CUDA
 
         for speed_up in without:
             setattr(CUDA, speed_up, False)
-    recipe = recipe_path(config, batch)
-    shutil.rmtree(portaft.load_recipe(recipe).train["output_dir"], ignore_errors=True)  # else it resumes or skips
+        for speed_up in adding:
+            setattr(CUDA, speed_up, True)
+    recipe = recipe_path(config, batch)  # the driver has emptied its output_dir
     portaft.run(recipe)
-    return {"recipe": str(recipe), "without": without}
+    return {"recipe": str(recipe), "without": without, "with": adding}
 
 
 def _portaft_rows(config: dict, tokenizer):
@@ -483,6 +490,10 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             start = self.ends[warmup - 1] if warmup else self.begins[0]
             seconds = (start.elapsed_time(self.ends[-1]) / 1e3 if cuda else self.ends[-1] - start)
             per_step = [[sum(int(batch[i]) for batch in step) for i in range(3)] for step in self.steps]
+            if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process's tokens
+                counts = torch.tensor(per_step, device="cuda" if cuda else "cpu")
+                torch.distributed.all_reduce(counts)
+                per_step = counts.tolist()
             useful, trained = (sum(step[i] for step in per_step[warmup:]) for i in range(2))
             return {"steps": len(self.ends), "measured_steps": measured, "seconds": round(seconds, 4),
                     "tokens": useful, "trained_tokens": trained, "tokens_per_second": round(useful / seconds, 1),
@@ -543,7 +554,8 @@ def summarise_runs(record: dict) -> dict:
         if good:
             speeds = [r["tokens_per_second"] for r in good]
             median = statistics.median(speeds)
-            flops = median * 4 * good[0]["matmul_parameters"]  # model FLOP/s: forward 2N + backward 2N per token
+            # model FLOP/s per GPU: forward 2N + backward 2N per token
+            flops = median * 4 * good[0]["matmul_parameters"] / record.get("nproc", 1)
             entry.update(tokens_per_second=round(median), min=round(min(speeds)), max=round(max(speeds)),
                          step_seconds=round(statistics.median(r["step_seconds"] for r in good), 3),
                          peak_memory_gib=max((r["peak_memory_gib"] or 0) for r in good) or None,
@@ -612,10 +624,13 @@ def markdown(records: list[dict]) -> str:
 def _batch(path: str, s: dict, record: dict) -> str:
     if path == "seed":
         return f"{s['batch']} x GA {SEED_ACCUMULATION}, checkpointing"
-    without = s.get("settings", {}).get("without") if path == "portaft" else None
+    gpus = f" x {record['nproc']} processes" if record.get("nproc", 1) > 1 else ""
+    settings = s.get("settings", {}) if path == "portaft" else {}
+    without, adding = settings.get("without"), settings.get("with")
     text = f"{s['batch']}, padding-free" + (", Liger" if record["device"] == "cuda" else "") if path == "tuned" \
-        else str(s["batch"]) + (f", without {' and '.join(without)}" if without else "")
-    return text + "".join(f" ({b}: out of memory)" for b in s["out_of_memory_at"])
+        else str(s["batch"]) + (f", without {' and '.join(without)}" if without else "") \
+        + (f", with {' and '.join(adding)}" if adding else "")
+    return text + gpus + "".join(f" ({b}: out of memory)" for b in s["out_of_memory_at"])
 
 
 def _versions(record: dict) -> dict:
@@ -660,6 +675,10 @@ def main() -> None:
     parser.add_argument("--portaft-without", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                         default=[], metavar="SPEEDUPS",
                         help="ablation: the cuda backend without these (padding_free,varlen_attention,fused_loss,fused_norms)")
+    parser.add_argument("--portaft-with", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
+                        default=[], metavar="SPEEDUPS", help="ablation: the cuda backend with these (compile_layers)")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="portaft path only: that many GPUs (processes under torchrun, as portaft run --nproc)")
     parser.add_argument("--profile", action="store_true",
                         help="write OUT/profile-SHAPE-LENGTHS-PATH.txt: torch.profiler's kernels of two measured steps")
     parser.add_argument("--samples", type=int, help="synthetic samples (default: as many as the longest path uses)")
@@ -678,12 +697,16 @@ def main() -> None:
         Path(args.result).write_text(json.dumps(prepare(json.loads(Path(args.prepare).read_text()))))
     elif args.worker:
         path, config = args.worker
-        Path(args.result).write_text(json.dumps(run_path(path, json.loads(Path(config).read_text()), args.batch)))
+        result = run_path(path, json.loads(Path(config).read_text()), args.batch)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun the first process writes for all
+            Path(args.result).write_text(json.dumps(result))
     else:
         args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-        speed_ups = {"padding_free", "varlen_attention", "fused_loss", "fused_norms"}
-        if set(args.portaft_without) - speed_ups:
-            parser.error(f"--portaft-without: choose from {', '.join(sorted(speed_ups))}")
+        speed_ups = {"padding_free", "varlen_attention", "fused_loss", "fused_norms", "compile_layers"}
+        if set(args.portaft_without + args.portaft_with) - speed_ups:
+            parser.error(f"--portaft-without/--portaft-with: choose from {', '.join(sorted(speed_ups))}")
+        if args.nproc > 1 and args.paths != ["portaft"]:
+            parser.error("--nproc: measures the portaft path only (--paths portaft)")
         unknown = sorted(set(args.paths) - set(PATHS))
         if unknown:
             parser.error(f"--paths: unknown {', '.join(unknown)}; choose from {', '.join(PATHS)}")
