@@ -24,7 +24,7 @@ from typing import Any
 
 # architectures made of the plain decoder (RMSNorm, SwiGLU MLP) + LM head + shifted cross-entropy
 LIGER_FORWARDS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "mistral": "mistral"}
-INSTALL = "pip install liger-kernel (or portaft[cuda])"
+INSTALL = "pip install 'liger-kernel>=0.8' (or portaft[cuda])"
 
 
 def unusable_reason(model: Any) -> str | None:

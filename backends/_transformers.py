@@ -164,41 +164,10 @@ class TransformersBackend:
     def speed_up(self, model: Any, recipe: Recipe) -> list[str]:
         """Make the loaded model train faster on this device without changing its loss:
         changes to this instance only, one note each (also for what could not be used)."""
+        from ._speed_ups import speed_up
+
         policy = ON_CPU if recipe.device == "cpu" else self.device
-        notes: list[str] = []
-        flattened = recipe.packing or self.padding_free(recipe)
-        if policy.varlen_attention and flattened and recipe.model.attn_implementation == "auto":
-            from . import _flash_varlen
-
-            reason = _flash_varlen.unusable_reason(model)
-            if reason is None:
-                model.set_attn_implementation(_flash_varlen.register())
-                if model.config._attn_implementation != _flash_varlen.NAME:
-                    reason = "the model's code does not take transformers' attention functions"
-            if reason is None:
-                notes.append("attention: each sample of a flattened batch attends to itself only (torch's flash "
-                             "kernels, variable-length), not the whole batch under a mask")
-            else:
-                notes.append(f"attention: sdpa over the whole flattened batch under a mask ({reason})")
-        if policy.fused_loss or policy.fused_norms:
-            from . import _liger
-
-            reason = _liger.unusable_reason(model)
-            if reason is None and policy.fused_loss:
-                _liger.fuse_loss(model)
-                notes.append("loss: LM head and cross-entropy fused (Liger Kernel), the logits never held whole")
-            if reason is None and policy.fused_norms:
-                _liger.fuse_norms_and_mlp(model)
-                notes.append("kernels: RMSNorm and the SwiGLU activation fused (Liger Kernel)")
-            if reason is not None and policy.fused_loss:
-                notes.append(f"loss: the full logits are computed ({reason})")
-        if policy.compile_layers:
-            decoder = getattr(model, model.base_model_prefix, model)
-            for layer in decoder.layers:
-                layer.compile(dynamic=True)
-            notes.append(f"kernels: each of the {len(decoder.layers)} decoder layers compiled (torch.compile, "
-                         "compiled once on the first steps)")
-        return notes
+        return speed_up(model, recipe, policy, flattened=recipe.packing or self.padding_free(recipe))
 
     def load_tokenizer(self, recipe: Recipe) -> Any:
         library = self._library_for(recipe)

@@ -40,6 +40,7 @@ NOT_TRAINING = {
     "train.save_total_limit", "train.save_only_model", "train.save_safetensors", "train.report_to",
     "train.run_name", "train.disable_tqdm", "train.dataloader_num_workers", "train.dataloader_pin_memory",
     "train.dataloader_persistent_workers", "train.dataloader_prefetch_factor", "train.push_to_hub",
+    "train.ddp_find_unused_parameters",
 }
 
 

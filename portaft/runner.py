@@ -60,6 +60,12 @@ def run(
     if world_size > 1 and not effective.train.get("ddp_backend"):
         effective.train["ddp_backend"] = chosen.distributed_backend
         notes.append(f"train.ddp_backend: unset -> {chosen.distributed_backend} ({world_size} processes on {chosen.name})")
+    if world_size > 1 and effective.finetune == "lora" and "ddp_find_unused_parameters" not in effective.train:
+        # transformers would say true for a peft model: DDP then walks the whole autograd
+        # graph after every backward looking for weights without gradients (as LLaMA-Factory does)
+        effective.train["ddp_find_unused_parameters"] = False
+        notes.append("train.ddp_find_unused_parameters: unset -> false (every adapter weight gets a gradient in "
+                     "every step, so DDP need not search the graph for unused ones)")
     # experiment trackers: train.report_to made explicit and checked before any model loads
     tracked = tracking.prepare(effective)
     notes += tracked.notes
@@ -67,6 +73,7 @@ def run(
     keep = effective.train.get("save_total_limit")
     args = chosen.training_arguments(**{"remove_unused_columns": False, **effective.train, "save_total_limit": None,
                                         "report_to": tracked.report_to})
+    notes += _one_device_per_process(args, world_size)
     # where training starts: step 0, a checkpoint of this same run, or nothing to do
     identity = checkpoints.training_identity(effective)
     start = checkpoints.plan_start(effective, identity)
@@ -175,6 +182,18 @@ def run(
 
 def _silent(_: str) -> None:
     pass
+
+
+def _one_device_per_process(args: Any, world_size: int) -> list[str]:
+    """One process that sees several GPUs would have transformers split every batch over
+    them with nn.DataParallel: slower than DDP, and a flattened (one-row) batch cannot be
+    split at all. Train on the first and say how to use them all."""
+    gpus = getattr(args, "n_gpu", 1)
+    if world_size > 1 or gpus <= 1:
+        return []
+    args._n_gpu = 1  # what transformers' Trainer itself sets to keep DataParallel out
+    return [f"{gpus} GPUs are visible to this one process: training on {args.device} only; "
+            f"`portaft run --nproc {gpus} ...` trains on all {gpus} (one process each, DDP)"]
 
 
 def _check_vocabulary(model: Any, tokenizer: Any, recipe: Any) -> None:

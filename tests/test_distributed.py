@@ -24,6 +24,8 @@ def test_two_processes_on_cpu_train_one_adapter_over_gloo(recipe_dict, write_rec
     assert [e["step"] for e in record["log_history"] if "loss" in e] == [1, 2, 3]
     effective = yaml.safe_load((out / "portaft_recipe.yaml").read_text(encoding="utf-8"))
     assert effective["train"]["ddp_backend"] == "gloo"
+    # LoRA trains every adapter weight in every step: DDP need not search for unused ones
+    assert effective["train"]["ddp_find_unused_parameters"] is False
     assert (out / "adapter_model.safetensors").is_file()
 
 
@@ -32,3 +34,16 @@ def test_a_bad_process_count_is_a_user_error(recipe_dict, write_recipe, nproc):
     from portaft.cli import main
 
     assert main(["run", str(write_recipe(recipe_dict)), "--nproc", nproc]) == 2
+
+
+def test_one_process_seeing_several_gpus_trains_on_one_and_says_how_to_use_all():
+    """transformers would wrap the model in nn.DataParallel, which cannot split a flattened batch."""
+    import types
+
+    from portaft.runner import _one_device_per_process
+
+    args = types.SimpleNamespace(n_gpu=2, device="cuda:0")
+    (note,) = _one_device_per_process(args, world_size=1)
+    assert args._n_gpu == 1 and "portaft run --nproc 2" in note and "cuda:0" in note
+    for n_gpu, world_size in ((1, 1), (0, 1), (1, 2)):
+        assert _one_device_per_process(types.SimpleNamespace(n_gpu=n_gpu, device="cuda:0"), world_size) == []

@@ -1,0 +1,64 @@
+"""What a device policy switches on once the model is loaded (TransformersBackend.speed_up).
+
+Each speed-up changes this one model instance, never a class, and keeps the loss the
+same; each leaves a note in the run's record, also when it could not be used and why.
+Measured one by one in bench/results/steps/ (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]:
+    notes: list[str] = []
+    if policy.varlen_attention and flattened and recipe.model.attn_implementation == "auto":
+        notes.append(_varlen_attention(model))
+    if policy.fused_loss or policy.fused_norms:
+        notes += _liger_kernels(model, policy.fused_loss, policy.fused_norms)
+    if policy.compile_layers:
+        notes.append(_compile_layers(model))
+    return notes
+
+
+def _varlen_attention(model: Any) -> str:
+    from . import _flash_varlen
+
+    reason = _flash_varlen.unusable_reason(model)
+    if reason is None:
+        model.set_attn_implementation(_flash_varlen.register())
+        if model.config._attn_implementation != _flash_varlen.NAME:
+            reason = "the model's code does not take transformers' attention functions"
+    if reason is not None:
+        return f"attention: sdpa over the whole flattened batch under a mask ({reason})"
+    return ("attention: each sample of a flattened batch attends to itself only (torch's flash kernels, "
+            "variable-length), not the whole batch under a mask")
+
+
+def _liger_kernels(model: Any, loss: bool, norms: bool) -> list[str]:
+    from . import _liger
+
+    notes = []
+    reason = _liger.unusable_reason(model)
+    for wanted, fuse, done, missing in (
+            (loss, _liger.fuse_loss, "loss: LM head and cross-entropy fused (Liger Kernel), the logits never held whole",
+             "loss: the full logits are computed"),
+            (norms, _liger.fuse_norms_and_mlp, "kernels: RMSNorm and the SwiGLU activation fused (Liger Kernel)",
+             "kernels: RMSNorm and the SwiGLU activation unfused")):
+        if not wanted:
+            continue
+        failed = reason
+        if failed is None:
+            try:
+                fuse(model)
+            except (ImportError, AttributeError, TypeError) as exc:  # another Liger version's API
+                failed = f"this liger-kernel does not fit: {type(exc).__name__}: {exc}; {_liger.INSTALL}"
+        notes.append(done if failed is None else f"{missing} ({failed})")
+    return notes
+
+
+def _compile_layers(model: Any) -> str:
+    decoder = getattr(model, model.base_model_prefix, model)
+    for layer in decoder.layers:
+        layer.compile(dynamic=True)
+    return f"kernels: each of the {len(decoder.layers)} decoder layers compiled (torch.compile, on the first steps)"
