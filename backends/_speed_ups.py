@@ -11,13 +11,23 @@ from typing import Any
 
 
 def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]:
+    """`model`: what the Trainer will train, a peft model around the base or the base itself."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     notes: list[str] = []
     if policy.varlen_attention and flattened and recipe.model.attn_implementation == "auto":
-        notes.append(_varlen_attention(model))
-    if policy.fused_loss or policy.fused_norms:
-        notes += _liger_kernels(model, policy.fused_loss, policy.fused_norms)
+        notes.append(_varlen_attention(base))
+    # torch.compile cannot trace Liger's RMSNorm (measured); compiled layers fuse their norms themselves
+    fused_norms = policy.fused_norms and not policy.compile_layers
+    if policy.fused_loss or fused_norms:
+        notes += _liger_kernels(base, policy.fused_loss, fused_norms)
+    if policy.fused_lora and base is not model:
+        from portaft.adapters import fuse_lora_updates
+
+        fused = fuse_lora_updates(model)
+        notes.append(f"adapter: the update of {fused} LoRA layers added inside the matmul (addmm), "
+                     "not by separate scale and add kernels")
     if policy.compile_layers:
-        notes.append(_compile_layers(model))
+        notes.append(_compile_layers(base))
     return notes
 
 

@@ -55,6 +55,8 @@ class DevicePolicy:
     # and RMSNorm and the SwiGLU activation as single kernels
     fused_loss: bool = False
     fused_norms: bool = False
+    # each LoRA layer's update added inside one matmul (adapters.fuse_lora_updates)
+    fused_lora: bool = False
     # torch.compile each decoder layer (fuses the element-wise work around the matmuls)
     compile_layers: bool = False
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 from .recipe import LoraSection
@@ -56,3 +57,48 @@ def trainable_summary(model: Any) -> str:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+
+
+def fuse_lora_updates(model: Any) -> int:
+    """Give each plain LoRA linear layer of `model` a forward that adds its update inside
+    one matmul: base(x) + scaling * B(A(dropout(x))) as addmm(base(x), A(dropout(x)), B^T,
+    alpha=scaling), so the [tokens, out] update is never scaled and added by separate
+    kernels (forward and backward). The same sum, rounded once instead of three times.
+    Returns how many layers; any other call (several adapters, DoRA, merged, disabled,
+    extra arguments) goes to peft's own forward."""
+    from peft.tuners.lora.layer import Linear
+
+    fused = 0
+    for module in model.modules():
+        if type(module) is Linear:  # not peft's subclasses (bitsandbytes, DoRA variants...)
+            module.forward = types.MethodType(_fused_lora_forward, module)
+            fused += 1
+    return fused
+
+
+def _fused_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+    import torch
+
+    active = self.active_adapters
+    adapter = active[0] if len(active) == 1 else None
+    if (args or kwargs or adapter is None or adapter not in self.lora_A or self.disable_adapters or self.merged
+            or adapter in getattr(self, "lora_variant", {}) or getattr(self, "use_dora", {}).get(adapter)
+            or self.lora_B[adapter].bias is not None or not _same_compute_dtype(x, self.lora_A[adapter].weight)):
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x)
+    update = self.lora_A[adapter](self.lora_dropout[adapter](x))
+    fused = torch.addmm(result.reshape(-1, result.shape[-1]), update.reshape(-1, update.shape[-1]),
+                        self.lora_B[adapter].weight.t(), alpha=self.scaling[adapter])
+    return fused.view(result.shape)
+
+
+def _same_compute_dtype(x: Any, weight: Any) -> bool:
+    """The matmuls can take x as it is: the same dtype, or autocast casts both."""
+    import torch
+
+    if x.dtype == weight.dtype:
+        return True
+    try:
+        return torch.is_autocast_enabled(x.device.type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_enabled() if x.device.type == "cuda" else torch.is_autocast_cpu_enabled()

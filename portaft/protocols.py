@@ -39,9 +39,9 @@ class Backend(Protocol):
 
     # Optional: `padding_free(recipe) -> bool`. True makes portaft flatten each batch's
     # samples into one row (no pad tokens; the same loss). Absent means padded batches.
-    # Optional: `speed_up(model, recipe) -> list[str]`, called once the base model is
-    # loaded (before the adapter): instance-only changes that train faster with the same
-    # loss (attention kernels, a fused loss), one note each for the run's record.
+    # Optional: `speed_up(model, recipe) -> list[str]`, called with the model the Trainer
+    # will train (the adapter applied): instance-only changes that train faster with the
+    # same loss (attention kernels, a fused loss), one note each for the run's record.
 
 
 class Trainer(Protocol):

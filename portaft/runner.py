@@ -112,12 +112,12 @@ def run(
     set_seed(int(effective.train.get("seed", 42)))
     model = chosen.load_model(effective)
     _check_vocabulary(model, tokenizer, effective)
-    for note in getattr(chosen, "speed_up", lambda *_: [])(model, effective):  # optional: faster kernels, same loss
-        notes.append(note)
-        echo(f"portaft: {note}")
     model = prepare_for_training(model, effective.finetune, effective.lora,
                                  bool(effective.train.get("gradient_checkpointing")), effective.quantization is not None,
                                  mixed_precision=bool(effective.train.get("bf16") or effective.train.get("fp16")))
+    for note in getattr(chosen, "speed_up", lambda *_: [])(model, effective):  # optional: faster kernels, same loss
+        notes.append(note)
+        echo(f"portaft: {note}")
     echo(f"portaft: {trainable_summary(model)}")
     # 6. train
     output_dir = Path(effective.train["output_dir"])

@@ -67,6 +67,7 @@ def _half_precision_autocast(model: Any, device: Any) -> Any:
     import torch
 
     dtype = getattr(model, "dtype", None)
-    if dtype not in (torch.bfloat16, torch.float16) or not torch.amp.is_autocast_available(device.type):
+    available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cuda", "cpu"))  # torch < 2.4
+    if dtype not in (torch.bfloat16, torch.float16) or not available(device.type):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)

@@ -42,3 +42,16 @@ def test_what_the_recipe_chose_is_kept_and_padded_batches_keep_sdpa(loaded):
     assert speed_up(model, recipe, policy, flattened=True) == []
     recipe.model.attn_implementation = "auto"
     assert speed_up(model, recipe, policy, flattened=False) == []
+
+
+def test_fused_lora_updates_are_switched_on_by_the_policy_on_the_adapter_model(loaded):
+    from portaft.adapters import apply_lora
+    from portaft.recipe import LoraSection
+
+    model, recipe = loaded
+    model = apply_lora(model, LoraSection(r=4, alpha=8, dropout=0.0), False)
+    policy = dataclasses.replace(CUDA, varlen_attention=False, fused_loss=False, fused_norms=False, fused_lora=True)
+    layers = sum(1 for m in model.modules() if hasattr(m, "lora_A"))
+    assert speed_up(model, recipe, policy, flattened=True) == [
+        f"adapter: the update of {layers} LoRA layers added inside the matmul (addmm), not by separate scale and "
+        "add kernels"]
