@@ -481,7 +481,7 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             if cuda:
                 torch.cuda.synchronize()
                 self.peak = torch.cuda.max_memory_allocated() / 2**30
-            self.losses = [entry["loss"] for entry in state.log_history if "loss" in entry][:3]
+            self.losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
 
         def results(self) -> dict:
             measured = len(self.ends) - warmup
@@ -502,7 +502,7 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                     "peak_memory_gib": round(self.peak, 2) if cuda else None,
                     "step_tokens": [s[0] for s in per_step], "step_trained_tokens": [s[1] for s in per_step],
                     "step_samples": [s[2] for s in per_step], "micro_batches": [len(s) for s in self.steps],
-                    "first_losses": self.losses, "matmul_parameters": self.parameters,
+                    "first_losses": self.losses[:3], "losses": self.losses, "matmul_parameters": self.parameters,
                     "attention": self.attention}
 
     return Meter()

@@ -3,6 +3,7 @@ run with the tiny model: its timings mean nothing here, its token counts do)."""
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_every_path_trains_and_is_measured_or_says_why_not(smoke_run):
             continue
         assert "error" not in run and "skipped" not in run, run
         assert run["tokens"] > 0 and run["tokens_per_second"] > 0 and run["measured_steps"] == run["steps"] - WARMUP
-        assert len(run["first_losses"]) == min(3, run["steps"])
+        assert len(run["first_losses"]) == min(3, run["steps"]) and len(run["losses"]) == run["steps"]
 
 
 @pytest.mark.slow
@@ -118,3 +119,20 @@ def test_the_seed_path_keeps_the_tutorial_batch_even_out_of_memory():
     load_benchmark().run_rounds(["seed"], range(1, 2), {"seed": 2}, lambda *_: {"error": "CUDA out of memory"},
                                 lambda runs, oom: saved.append((list(runs), list(oom))))
     assert saved[-1] == ([{"path": "seed", "round": 1, "batch": 2, "error": "CUDA out of memory"}], [])
+
+
+@pytest.mark.slow
+def test_two_processes_count_the_tokens_of_both(tmp_path):
+    """--nproc 2: the portaft path under torchrun (gloo on the CPU); every step's count is
+    both processes' batches, and the table names the processes."""
+    out, work = tmp_path / "results", tmp_path / "work"
+    subprocess.run([sys.executable, str(REPO / "bench" / "throughput.py"), "--shape", "tiny", "--lengths", "sft",
+                    "--paths", "portaft", "--nproc", "2", "--rounds", "1", "--steps", "3", "--warmup", "1",
+                    "--samples", "48", "--out", str(out), "--work", str(work)], check=True, capture_output=True,
+                   timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    record = json.loads((out / "throughput-tiny-sft.json").read_text(encoding="utf-8"))
+    (run,) = record["runs"]
+    assert "error" not in run, run
+    assert run["step_samples"] == [2 * run["batch"]] * 3  # 8 samples per process and step
+    assert run["tokens"] == sum(run["step_tokens"][1:])
+    assert record["nproc"] == 2 and f"| {run['batch']} x 2 processes |" in (out / "throughput.md").read_text()
