@@ -21,6 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 NAME = "portaft_varlen"  # no "flash" in it: transformers would look for a flash-attn package
+# the same attention with no mask function: transformers then builds no mask and skips its
+# packed-sequence check (a device sync at the start of every forward), but it also drops
+# padding masks, so generation is right only for unpadded prompts (portaft's are)
+NAME_WITHOUT_MASKS = "portaft_varlen_without_masks"
 
 
 def unusable_reason(model: Any) -> str | None:
@@ -49,11 +53,15 @@ def unusable_reason(model: Any) -> str | None:
     return None
 
 
-def register() -> str:
-    """Make NAME a transformers attention implementation (idempotent); return NAME."""
+def register(masks: bool = True) -> str:
+    """Make NAME (masks=False: NAME_WITHOUT_MASKS) a transformers attention implementation
+    (idempotent); return the name."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
+    if not masks:
+        AttentionInterface.register(NAME_WITHOUT_MASKS, attention)
+        return NAME_WITHOUT_MASKS
     AttentionInterface.register(NAME, attention)
     AttentionMaskInterface.register(NAME, _mask)
     return NAME

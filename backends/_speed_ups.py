@@ -15,7 +15,7 @@ def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     notes: list[str] = []
     if policy.varlen_attention and flattened and recipe.model.attn_implementation == "auto":
-        notes.append(_varlen_attention(base))
+        notes.append(_varlen_attention(base, masks=not policy.varlen_without_masks))
     # torch.compile cannot trace Liger's RMSNorm (measured); compiled layers fuse their norms themselves
     fused_norms = policy.fused_norms and not policy.compile_layers
     if policy.fused_loss or fused_norms:
@@ -31,13 +31,14 @@ def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]
     return notes
 
 
-def _varlen_attention(model: Any) -> str:
+def _varlen_attention(model: Any, masks: bool) -> str:
     from . import _flash_varlen
 
     reason = _flash_varlen.unusable_reason(model)
     if reason is None:
-        model.set_attn_implementation(_flash_varlen.register())
-        if model.config._attn_implementation != _flash_varlen.NAME:
+        name = _flash_varlen.register(masks)
+        model.set_attn_implementation(name)
+        if model.config._attn_implementation != name:
             reason = "the model's code does not take transformers' attention functions"
     if reason is not None:
         return f"attention: sdpa over the whole flattened batch under a mask ({reason})"

@@ -49,8 +49,10 @@ class DevicePolicy:
     padding_free: bool = False
     # why bitsandbytes quantization (QLoRA) cannot run here; None = it can
     cannot_quantize: Callable[[], str | None] = lambda: "portaft runs bitsandbytes only on CUDA GPUs"
-    # flattened batches attend per sample with torch's flash kernels (_flash_varlen.py)
+    # flattened batches attend per sample with torch's flash kernels (_flash_varlen.py);
+    # without_masks: transformers builds no masks for it (no sync per forward; unpadded generation only)
     varlen_attention: bool = False
+    varlen_without_masks: bool = False
     # Liger Kernel where installed (_liger.py): the LM head fused with the cross-entropy,
     # and RMSNorm and the SwiGLU activation as single kernels
     fused_loss: bool = False

@@ -676,7 +676,8 @@ def main() -> None:
                         default=[], metavar="SPEEDUPS",
                         help="ablation: the cuda backend without these (padding_free,varlen_attention,fused_loss,fused_norms)")
     parser.add_argument("--portaft-with", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
-                        default=[], metavar="SPEEDUPS", help="ablation: the cuda backend with these (fused_lora,compile_layers)")
+                        default=[], metavar="SPEEDUPS",
+                        help="ablation: the cuda backend with these (varlen_without_masks,fused_lora,compile_layers)")
     parser.add_argument("--nproc", type=int, default=1,
                         help="portaft path only: that many GPUs (processes under torchrun, as portaft run --nproc)")
     parser.add_argument("--profile", action="store_true",
@@ -702,7 +703,8 @@ def main() -> None:
             Path(args.result).write_text(json.dumps(result))
     else:
         args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-        speed_ups = {"padding_free", "varlen_attention", "fused_loss", "fused_norms", "fused_lora", "compile_layers"}
+        speed_ups = {"padding_free", "varlen_attention", "varlen_without_masks", "fused_loss", "fused_norms",
+                     "fused_lora", "compile_layers"}
         if set(args.portaft_without + args.portaft_with) - speed_ups:
             parser.error(f"--portaft-without/--portaft-with: choose from {', '.join(sorted(speed_ups))}")
         if args.nproc > 1 and args.paths != ["portaft"]:

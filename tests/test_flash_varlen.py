@@ -86,3 +86,32 @@ def test_a_model_on_varlen_attention_gives_the_padded_loss(reference_flash, reci
             _flash_varlen.flash_varlen = monkey
     assert seen and seen[0].tolist()[-1] == sum(len(f["input_ids"]) for f in features)
     assert packed.item() == pytest.approx(padded.item(), rel=2e-2)
+
+
+def test_without_masks_training_and_unpadded_generation_are_unchanged(reference_flash, recipe_dict, tokenizer,
+                                                                         tiny_model, monkeypatch):
+    """NAME_WITHOUT_MASKS: transformers builds no mask (no packed-sequence check); the loss of a
+    flattened batch and greedy answers to single prompts stay sdpa's."""
+    from transformers import AutoModelForCausalLM
+
+    from portaft.data.chat_templates import BUILT_IN
+    from portaft.samples import answer_prompts
+
+    rows = portaft.data.load(recipe_dict, tokenizer)
+    features = [rows[i] for i in range(len(rows))]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    prompts = ["你是谁？", "Who made you?"]
+    with torch.no_grad():
+        padded = model(**Seq2SeqCollator(tokenizer)(features)).loss
+        answers = answer_prompts(model, tokenizer, BUILT_IN["deepseek"], prompts, max_new_tokens=6)
+        model.set_attn_implementation(_flash_varlen.register(masks=False))
+        assert model.config._attn_implementation == _flash_varlen.NAME_WITHOUT_MASKS
+        import transformers.masking_utils as masking
+
+        checks = []
+        check = masking.find_packed_sequence_indices
+        monkeypatch.setattr(masking, "find_packed_sequence_indices", lambda *a: checks.append(1) or check(*a))
+        packed = model(**flattening_collator()(features)).loss
+        assert not checks  # no packed-sequence check, so no device sync
+        assert answer_prompts(model, tokenizer, BUILT_IN["deepseek"], prompts, max_new_tokens=6) == answers
+    assert packed.item() == pytest.approx(padded.item(), rel=2e-2)
