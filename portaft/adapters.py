@@ -94,11 +94,6 @@ def _fused_lora_forward(self: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _same_compute_dtype(x: Any, weight: Any) -> bool:
     """The matmuls can take x as it is: the same dtype, or autocast casts both."""
-    import torch
+    from .compat import autocast_enabled
 
-    if x.dtype == weight.dtype:
-        return True
-    try:
-        return torch.is_autocast_enabled(x.device.type)
-    except TypeError:  # torch < 2.4: no device argument
-        return torch.is_autocast_enabled() if x.device.type == "cuda" else torch.is_autocast_cpu_enabled()
+    return x.dtype == weight.dtype or autocast_enabled(x.device.type)

@@ -94,3 +94,29 @@ def numpy_in_checkpoints() -> Any:
     core = np._core if int(np.__version__.split(".")[0]) >= 2 else np.core  # 1.26 has a partial np._core
     return torch.serialization.safe_globals([core.multiarray._reconstruct, np.ndarray, np.dtype,
                                              type(np.dtype(np.uint32))])
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """torch.is_autocast_enabled for one device type; False where this torch (< 2.4)
+    cannot be asked per device type."""
+    import torch
+
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        return False
+
+
+def autocast(device_type: str, dtype: Any) -> Any:
+    """torch.autocast for this device type, or no context where torch has none for it."""
+    import contextlib
+
+    import torch
+
+    available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
+    if available is not None and not available(device_type):
+        return contextlib.nullcontext()
+    try:
+        return torch.autocast(device_type, dtype=dtype)
+    except RuntimeError:
+        return contextlib.nullcontext()

@@ -66,8 +66,9 @@ def _half_precision_autocast(model: Any, device: Any) -> Any:
 
     import torch
 
+    from .compat import autocast
+
     dtype = getattr(model, "dtype", None)
-    available = getattr(torch.amp, "is_autocast_available", lambda kind: kind in ("cuda", "cpu"))  # torch < 2.4
-    if dtype not in (torch.bfloat16, torch.float16) or not available(device.type):
+    if dtype not in (torch.bfloat16, torch.float16):
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return autocast(device.type, dtype)
