@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch  # portaft's own dependency: only vendor libraries are imported lazily
+
 NAME = "portaft_varlen"  # no "flash" in it: transformers would look for a flash-attn package
 # the same attention with no mask function: transformers then builds no mask and skips its
 # packed-sequence check (a device sync at the start of every forward), but it also drops
@@ -29,8 +31,6 @@ NAME_WITHOUT_MASKS = "portaft_varlen_without_masks"
 
 def unusable_reason(model: Any) -> str | None:
     """Why this model cannot use the varlen flash kernels here; None when it can."""
-    import torch
-
     config, dtype = model.config, model.dtype
     if not hasattr(model, "set_attn_implementation"):
         return "this transformers cannot change a loaded model's attention"
@@ -88,8 +88,8 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
                                       **kwargs)
     cu_seq_lens, max_length = sequence_bounds(batch, length, query.device, kwargs)
     dtype = query.dtype
-    if dtype not in (_torch().bfloat16, _torch().float16):  # float32 weights under autocast: compute as autocast does
-        target = _torch().get_autocast_dtype("cuda") if _torch().is_autocast_enabled("cuda") else _torch().bfloat16
+    if dtype not in (torch.bfloat16, torch.float16):  # float32 weights under autocast: compute as autocast does
+        target = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
         query, key, value = query.to(target), key.to(target), value.to(target)
     out = flash_varlen(_rows(query), _rows(key), _rows(value), cu_seq_lens, max_length, dropout, scaling)
     return out.view(batch, length, heads, dim).to(dtype), None
@@ -101,7 +101,6 @@ def on_flash_device(tensor: Any) -> bool:
 
 def sequence_bounds(batch: int, length: int, device: Any, kwargs: dict) -> tuple[Any, int]:
     """(int32 cumulative sample lengths over the flattened tokens, longest sample)."""
-    torch = _torch()
     cu = kwargs.get("cu_seq_lens_q")
     if cu is not None and kwargs.get("max_length_q") is not None:
         return cu.to(device=device, dtype=torch.int32), int(kwargs["max_length_q"])
@@ -120,8 +119,8 @@ def flash_varlen(query: Any, key: Any, value: Any, cu_seq_lens: Any, max_length:
     """Causal attention of each [start, end) span alone: q [tokens, heads, dim], k/v
     [tokens, kv_heads, dim] (grouped-query: kv_heads divides heads). torch's autograd
     knows this op's backward (its flash backward kernel)."""
-    out = _torch().ops.aten._flash_attention_forward(query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length,
-                                                      dropout, True, False, scale=scale)
+    out = torch.ops.aten._flash_attention_forward(query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length,
+                                                  dropout, True, False, scale=scale)
     return out[0]
 
 
@@ -129,8 +128,3 @@ def _rows(states: Any) -> Any:
     """[batch, heads, length, dim] -> [batch * length, heads, dim], contiguous as the kernels need."""
     return states.transpose(1, 2).reshape(-1, states.shape[1], states.shape[3])
 
-
-def _torch() -> Any:
-    import torch
-
-    return torch

@@ -66,7 +66,8 @@ def test_masks_and_kv_caches_go_to_sdpa_unchanged(reference_flash, monkeypatch):
     assert out.shape == (2, 6, 4, 8) and not calls
 
 
-def test_a_model_on_varlen_attention_gives_the_padded_loss(reference_flash, recipe_dict, tokenizer, tiny_model):
+def test_a_model_on_varlen_attention_gives_the_padded_loss(reference_flash, recipe_dict, tokenizer, tiny_model,
+                                                           monkeypatch):
     """The collator's bounds travel through the model down to attention."""
     from transformers import AutoModelForCausalLM
 
@@ -78,12 +79,8 @@ def test_a_model_on_varlen_attention_gives_the_padded_loss(reference_flash, reci
         model.set_attn_implementation(_flash_varlen.register())
         assert model.config._attn_implementation == _flash_varlen.NAME
         seen = []
-        monkey = _flash_varlen.flash_varlen
-        _flash_varlen.flash_varlen = lambda *a: seen.append(a[3]) or monkey(*a)
-        try:
-            packed = model(**flattening_collator()(features)).loss
-        finally:
-            _flash_varlen.flash_varlen = monkey
+        monkeypatch.setattr(_flash_varlen, "flash_varlen", lambda *a: seen.append(a[3]) or reference_kernel(*a))
+        packed = model(**flattening_collator()(features)).loss
     assert seen and seen[0].tolist()[-1] == sum(len(f["input_ids"]) for f in features)
     assert packed.item() == pytest.approx(padded.item(), rel=2e-2)
 
