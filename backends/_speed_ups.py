@@ -7,6 +7,7 @@ Measured one by one in bench/results/steps/ (docs/performance.md).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -68,8 +69,35 @@ def _liger_kernels(model: Any, loss: bool, norms: bool) -> list[str]:
     return notes
 
 
-def _compile_layers(model: Any) -> str:
+def _compile_layers(model: Any, backend: Any = "inductor") -> str:
+    """torch.compile each decoder layer; if a compile fails, every layer runs as it is from then on,
+    with a warning, instead of the run stopping in its first step."""
+    import torch
+
     decoder = getattr(model, model.base_model_prefix, model)
-    for layer in decoder.layers:
-        layer.compile(dynamic=True)
-    return f"kernels: each of the {len(decoder.layers)} decoder layers compiled (torch.compile, on the first steps)"
+    eager_forwards = [(layer, layer.forward) for layer in decoder.layers]
+
+    def compiled_or_eager(eager: Any) -> Any:
+        compiled = torch.compile(eager, dynamic=True, backend=backend)
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            try:
+                # the backward graph is compiled now too, not lazily in loss.backward() where no
+                # fallback could catch its failure
+                with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                    return compiled(*args, **kwargs)
+            except torch._dynamo.exc.TorchDynamoException as exc:
+                for layer, its_forward in eager_forwards:  # the layers share one graph: none would compile
+                    layer.forward = its_forward
+                reason = (str(exc).strip().splitlines() or [""])[0]
+                print(f"portaft: warning: torch.compile of the decoder layers failed, they run uncompiled "
+                      f"(the same loss, without the speed-up): {type(exc).__name__}: {reason}",
+                      file=sys.stderr, flush=True)
+                return eager(*args, **kwargs)
+
+        return forward
+
+    for layer, eager in eager_forwards:
+        layer.forward = compiled_or_eager(eager)
+    return (f"kernels: each of the {len(eager_forwards)} decoder layers compiled (torch.compile, on the first "
+            "steps; if the compile fails they run uncompiled, with a warning)")

@@ -121,7 +121,8 @@ def drive(args: argparse.Namespace) -> Path:
     config = {"shape": args.shape, "lengths": args.lengths, "max_length": MAX_LENGTH[args.lengths] // scale,
               "steps": args.steps, "seed_steps": args.seed_steps or args.steps, "warmup": args.warmup,
               "work": str(work), "portaft_without": args.portaft_without, "portaft_with": args.portaft_with, "nproc": args.nproc,
-              "profile": str(out / f"profile-{name}") if args.profile else None}
+              "profile": str(out / f"profile-{name}") if args.profile else None,
+              "lora": LORA if args.lora_dropout is None else LORA | {"dropout": args.lora_dropout}}
     if min(config["steps"], config["seed_steps"]) <= args.warmup:
         raise SystemExit("--steps and --seed-steps must be larger than --warmup: nothing would be measured")
     samples = args.samples or max(config["steps"] * max(batches.values()) * args.nproc,
@@ -166,7 +167,7 @@ def drive(args: argparse.Namespace) -> Path:
                   "date": datetime.date.today().isoformat(), "device": prepared["device"], "gpu": prepared["gpu"],
                   "matmul_peak_tflops": prepared["matmul_peak_tflops"], "nproc": args.nproc,
                   "settings": {k: config[k] for k in ("max_length", "steps", "seed_steps", "warmup")}
-                  | {"rounds": first_round + args.rounds - 1, "lora": LORA},
+                  | {"rounds": first_round + args.rounds - 1, "lora": config["lora"]},
                   "recipe": portaft_recipe(config, batches["portaft"]),
                   "runs": kept + runs, "out_of_memory": kept_oom + out_of_memory}
         record["summary"] = summarise_runs(record)
@@ -209,7 +210,7 @@ def portaft_recipe(config: dict, batch: int) -> dict:
             "data": [{"path": config["data"]}],
             "template": "deepseek",
             "max_length": config["max_length"],
-            "lora": LORA,
+            "lora": config.get("lora", LORA),
             "train": {"output_dir": str(output_dir), "per_device_train_batch_size": batch,
                       "learning_rate": LEARNING_RATE, "bf16": cuda, "max_steps": config["steps"], "logging_steps": 1,
                       "save_strategy": "no", "report_to": "none"}}
@@ -359,8 +360,9 @@ def _train_plain(config: dict, meter, cuda: bool, *, steps: int, batch: int, acc
         model.config.use_cache = False
     if checkpointing:
         model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], lora_dropout=LORA["dropout"],
-                                             target_modules=LORA["target_modules"], task_type=TaskType.CAUSAL_LM))
+    lora = config.get("lora", LORA)
+    model = get_peft_model(model, LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                                             target_modules=lora["target_modules"], task_type=TaskType.CAUSAL_LM))
     extra = {"use_liger_kernel": True} if liger else {}
     if optim:
         extra["optim"] = optim
@@ -614,6 +616,8 @@ def markdown(records: list[dict]) -> str:
                      f"(seed {record['settings']['seed_steps']}), {record['settings']['warmup']} warm-up; "
                      + (f"data {data['samples']} samples, mean {data['mean_tokens']} tokens, "
                         f"{data['truncated']} cut at {record['settings']['max_length']}; " if data else "")
+                     + (f"LoRA dropout {lora['dropout']}; " if (lora := record["settings"].get("lora", LORA))
+                        ["dropout"] != LORA["dropout"] else "")
                      + (f"MFU (spec) against {peak / 1e12:.0f} TFLOP/s dense bf16, " if peak else "")
                      + (f"MFU (matmul) against the {record['matmul_peak_tflops']} TFLOP/s a bf16 matmul reached "
                         "on this GPU; " if record.get("matmul_peak_tflops") else "")
@@ -678,6 +682,9 @@ def main() -> None:
     parser.add_argument("--portaft-with", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                         default=[], metavar="SPEEDUPS",
                         help="ablation: the cuda backend with these (varlen_without_masks,fused_lora,compile_layers)")
+    parser.add_argument("--lora-dropout", type=float, metavar="P",
+                        help=f"every path's LoRA dropout (default {LORA['dropout']}); 0 makes compiled and eager "
+                             "runs draw no random masks, so their losses can be compared step by step")
     parser.add_argument("--nproc", type=int, default=1,
                         help="portaft path only: that many GPUs (processes under torchrun, as portaft run --nproc)")
     parser.add_argument("--profile", action="store_true",

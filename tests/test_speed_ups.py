@@ -55,3 +55,79 @@ def test_fused_lora_updates_are_switched_on_by_the_policy_on_the_adapter_model(l
     assert speed_up(model, recipe, policy, flattened=True) == [
         f"adapter: the update of {layers} LoRA layers added inside the matmul (addmm), not by separate scale and "
         "add kernels"]
+
+
+def _adapted_tiny_model(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from portaft.adapters import apply_lora
+    from portaft.recipe import LoraSection
+
+    torch.manual_seed(0)
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model), LoraSection(r=4, alpha=8, dropout=0.0), False)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:  # peft starts B at zero: give the adapter something to add
+            torch.nn.init.normal_(parameter, std=0.05)
+    model.train()
+    return model
+
+
+def _loss_and_grads(model, ids):
+    model.zero_grad()
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model):
+    """compile_layers (torch.compile per decoder layer, Inductor on this CPU): the same numbers
+    within float32 rounding, over shapes that change from call to call."""
+    from portaft.backends._speed_ups import _compile_layers
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    eager, compiled = _adapted_tiny_model(tiny_model), _adapted_tiny_model(tiny_model)
+    layers = len(compiled.get_base_model().model.layers)
+    assert _compile_layers(compiled.get_base_model()) == (
+        f"kernels: each of the {layers} decoder layers compiled (torch.compile, on the first steps; if the "
+        "compile fails they run uncompiled, with a warning)")
+    for length in (12, 17):
+        ids = torch.randint(3, 100, (2, length))
+        loss, grads = _loss_and_grads(eager, ids)
+        compiled_loss, compiled_grads = _loss_and_grads(compiled, ids)
+        assert compiled_loss == pytest.approx(loss, rel=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] >= 1  # really compiled, not the eager forward twice
+
+
+def _failing_compiler(graph, example_inputs):
+    raise RuntimeError("no compiler for this device")
+
+
+def _failing_backward_compiler():
+    from torch._dynamo.backends.common import aot_autograd
+
+    return aot_autograd(fw_compiler=lambda graph, example_inputs: graph, bw_compiler=_failing_compiler)
+
+
+@pytest.mark.parametrize("failing", ["forward", "backward"])
+def test_a_compile_that_fails_leaves_the_layers_uncompiled_with_a_warning(tiny_model, capsys, failing):
+    """Also when only the backward graph fails: it is compiled with the forward, where the fallback is."""
+    from portaft.backends._speed_ups import _compile_layers
+
+    torch._dynamo.reset()
+    eager, model = _adapted_tiny_model(tiny_model), _adapted_tiny_model(tiny_model)
+    base = model.get_base_model()
+    _compile_layers(base, backend=_failing_compiler if failing == "forward" else _failing_backward_compiler())
+    ids = torch.randint(3, 100, (2, 12))
+    loss, grads = _loss_and_grads(model, ids)
+    assert "portaft: warning: torch.compile of the decoder layers failed, they run uncompiled" in capsys.readouterr().err
+    assert all(layer.forward.__func__ is type(layer).forward for layer in base.model.layers)  # their own again
+    expected_loss, expected_grads = _loss_and_grads(eager, ids)
+    assert loss == expected_loss
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=0, atol=0)
+    _loss_and_grads(model, ids)  # later steps run uncompiled, without another warning
+    assert capsys.readouterr().err == ""
