@@ -114,7 +114,8 @@ def drive(args: argparse.Namespace) -> Path:
     work, out = Path(args.work).resolve(), Path(args.out).resolve()
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.shape}-{args.lengths}"
+    # several processes get a file of their own: one OUT holds both and its table the scaling
+    name = f"{args.shape}-{args.lengths}" + (f"-{args.nproc}gpus" if args.nproc > 1 else "")
     scale = SCALE.get(args.shape, 1)
     batch = args.batch or BATCH[args.shape][args.lengths]
     batches = {"seed": SEED_BATCH, "tuned": batch, "portaft": args.portaft_batch or batch}
@@ -622,7 +623,23 @@ def markdown(records: list[dict]) -> str:
                      + (f"MFU (matmul) against the {record['matmul_peak_tflops']} TFLOP/s a bf16 matmul reached "
                         "on this GPU; " if record.get("matmul_peak_tflops") else "")
                      + "versions: " + ", ".join(f"{k} {v}" for k, v in _versions(record).items()))
-    return "\n".join(lines + ["", "Runs:", ""] + notes) + "\n"
+    return "\n".join(lines + scaling(records) + ["", "Runs:", ""] + notes) + "\n"
+
+
+def scaling(records: list[dict]) -> list[str]:
+    """portaft's tokens/s with N processes over one process's, for the shapes OUT holds both of."""
+    def speed(record: dict) -> float | None:
+        return record["summary"].get("portaft", {}).get("tokens_per_second")
+
+    lines = []
+    for several in (r for r in records if r.get("nproc", 1) > 1 and speed(r)):
+        one = next((r for r in records if r.get("nproc", 1) == 1 and speed(r) and r["shape"] == several["shape"]
+                    and r["lengths"] == several["lengths"]), None)
+        if one is not None:
+            lines.append(f"- {several['shape']}, {several['lengths']}: {several['nproc']} processes make "
+                         f"{speed(several):,} useful tokens/s, {speed(several) / speed(one):.2f}x one process's "
+                         f"{speed(one):,} (ideal {several['nproc']}x)")
+    return ["", "Several GPUs (portaft path, `--nproc`):", ""] + lines if lines else []
 
 
 def _batch(path: str, s: dict, record: dict) -> str:

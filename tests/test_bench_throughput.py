@@ -122,17 +122,25 @@ def test_the_seed_path_keeps_the_tutorial_batch_even_out_of_memory():
 
 
 @pytest.mark.slow
-def test_two_processes_count_the_tokens_of_both(tmp_path):
+def test_two_processes_count_the_tokens_of_both_and_the_table_gives_the_scaling(tmp_path):
     """--nproc 2: the portaft path under torchrun (gloo on the CPU); every step's count is
-    both processes' batches, and the table names the processes."""
+    both processes' batches, and the table names the processes. A one-process run into the
+    same folder keeps its own file, and the table gives the ratio of the two."""
     out, work = tmp_path / "results", tmp_path / "work"
-    subprocess.run([sys.executable, str(REPO / "bench" / "throughput.py"), "--shape", "tiny", "--lengths", "sft",
-                    "--paths", "portaft", "--nproc", "2", "--rounds", "1", "--steps", "3", "--warmup", "1",
-                    "--samples", "48", "--out", str(out), "--work", str(work)], check=True, capture_output=True,
-                   timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    record = json.loads((out / "throughput-tiny-sft.json").read_text(encoding="utf-8"))
+    for nproc in (2, 1):
+        subprocess.run([sys.executable, str(REPO / "bench" / "throughput.py"), "--shape", "tiny", "--lengths", "sft",
+                        "--paths", "portaft", "--nproc", str(nproc), "--rounds", "1", "--steps", "3", "--warmup", "1",
+                        "--samples", "48", "--out", str(out), "--work", str(work)], check=True, capture_output=True,
+                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    record = json.loads((out / "throughput-tiny-sft-2gpus.json").read_text(encoding="utf-8"))
     (run,) = record["runs"]
     assert "error" not in run, run
     assert run["step_samples"] == [2 * run["batch"]] * 3  # 8 samples per process and step
     assert run["tokens"] == sum(run["step_tokens"][1:])
-    assert record["nproc"] == 2 and f"| {run['batch']} x 2 processes |" in (out / "throughput.md").read_text()
+    table = (out / "throughput.md").read_text()
+    assert record["nproc"] == 2 and f"| {run['batch']} x 2 processes |" in table
+    (one,) = json.loads((out / "throughput-tiny-sft.json").read_text(encoding="utf-8"))["runs"]
+    assert one["step_samples"] == [one["batch"]] * 3
+    two_speed, one_speed = record["summary"]["portaft"]["tokens_per_second"], one["tokens_per_second"]
+    assert (f"- tiny, sft: 2 processes make {two_speed:,} useful tokens/s, {two_speed / round(one_speed):.2f}x "
+            f"one process's {round(one_speed):,} (ideal 2x)") in table
