@@ -115,3 +115,49 @@ def test_cuda_run_says_which_speed_ups_it_uses_and_learns(recipe_dict):
                for note in result.notes)
     losses = [e["loss"] for e in result.log_history if "loss" in e]
     assert sum(losses[-3:]) < sum(losses[:3])
+
+
+def test_compiled_layers_train_with_eager_numerics_on_cuda():
+    """compile_layers in bf16 with the varlen attention, through the cuda policy: with no
+    dropout, six AdamW steps give eager's losses. (This small model agreed even before
+    Inductor was told to round like eager; the 7B shape did not: steps/7-compile-eager-numerics.)"""
+    import dataclasses
+    import types
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from portaft.adapters import apply_lora, keep_inputs_in_compute_dtype
+    from portaft.backends._speed_ups import speed_up
+    from portaft.backends.cuda import CUDA
+    from portaft.data.packing import flattening_collator
+    from portaft.recipe import LoraSection
+
+    config = LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                         num_key_value_heads=8, vocab_size=2000, max_position_embeddings=2048, use_cache=False)
+    generator = torch.Generator().manual_seed(1)
+    batches = []
+    for _ in range(6):
+        samples = [torch.randint(3, 2000, (n,), generator=generator).tolist() for n in (300, 517, 211, 644)]
+        batches.append(flattening_collator()([{"input_ids": ids, "labels": [-100] * 20 + ids[20:]} for ids in samples]))
+    recipe = types.SimpleNamespace(model=types.SimpleNamespace(attn_implementation="auto"))
+
+    def losses(compile_layers: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = apply_lora(LlamaForCausalLM(config).to(torch.bfloat16).cuda(),
+                           LoraSection(r=16, alpha=32, dropout=0.0), False)
+        keep_inputs_in_compute_dtype(model)
+        notes = speed_up(model, recipe, dataclasses.replace(CUDA, compile_layers=compile_layers), flattened=True)
+        assert any(n.startswith("kernels: each of the 4 decoder layers compiled") for n in notes) == compile_layers
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        result = []
+        for batch in batches:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.append(loss.item())
+        return result
+
+    assert losses(compile_layers=True) == pytest.approx(losses(compile_layers=False), rel=1e-4)
