@@ -22,6 +22,8 @@ from typing import Any
 
 import torch  # portaft's own dependency: only vendor libraries are imported lazily
 
+from portaft.compat import autocast_enabled
+
 NAME = "portaft_varlen"  # no "flash" in it: transformers would look for a flash-attn package
 # the same attention with no mask function: transformers then builds no mask and skips its
 # packed-sequence check (a device sync at the start of every forward), but it also drops
@@ -89,7 +91,7 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     cu_seq_lens, max_length = sequence_bounds(batch, length, query.device, kwargs)
     dtype = query.dtype
     if dtype not in (torch.bfloat16, torch.float16):  # float32 weights under autocast: compute as autocast does
-        target = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else torch.bfloat16
+        target = torch.get_autocast_dtype("cuda") if autocast_enabled("cuda") else torch.bfloat16
         query, key, value = query.to(target), key.to(target), value.to(target)
     out = flash_varlen(_rows(query), _rows(key), _rows(value), cu_seq_lens, max_length, dropout, scaling)
     return out.view(batch, length, heads, dim).to(dtype), None
