@@ -17,8 +17,12 @@ def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]
     notes: list[str] = []
     if policy.varlen_attention and flattened and recipe.model.attn_implementation == "auto":
         notes.append(_varlen_attention(base, masks=not policy.varlen_without_masks))
+    compiled = policy.compile_layers
+    if compiled and (untried := _compile_untried(recipe)):
+        compiled = False
+        notes.append(f"kernels: the decoder layers run uncompiled ({untried})")
     # torch.compile cannot trace Liger's RMSNorm (measured); compiled layers fuse their norms themselves
-    fused_norms = policy.fused_norms and not policy.compile_layers
+    fused_norms = policy.fused_norms and not compiled
     if policy.fused_loss or fused_norms:
         notes += _liger_kernels(base, policy.fused_loss, fused_norms)
     if policy.fused_lora and base is not model:
@@ -27,9 +31,18 @@ def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]
         fused = fuse_lora_updates(model)
         notes.append(f"adapter: the update of {fused} LoRA layers added inside the matmul (addmm), "
                      "not by separate scale and add kernels")
-    if policy.compile_layers:
+    if compiled:
         notes.append(_compile_layers(base))
     return notes
+
+
+def _compile_untried(recipe: Any) -> str | None:
+    """Why the layers stay uncompiled for this recipe: setups compile_layers was never measured with."""
+    if getattr(recipe, "quantization", None) is not None:
+        return "not tried with bitsandbytes' 4-bit layers"
+    if (getattr(recipe, "train", None) or {}).get("gradient_checkpointing"):
+        return "not tried with gradient checkpointing, which recomputes each layer in the backward pass"
+    return None
 
 
 def _varlen_attention(model: Any, masks: bool) -> str:

@@ -59,7 +59,8 @@ class DevicePolicy:
     fused_norms: bool = False
     # each LoRA layer's update added inside one matmul (adapters.fuse_lora_updates)
     fused_lora: bool = False
-    # torch.compile each decoder layer (fuses the element-wise work around the matmuls)
+    # torch.compile each decoder layer (fuses the element-wise work around the matmuls;
+    # Inductor's own norms replace Liger's, which dynamo cannot trace)
     compile_layers: bool = False
 
 

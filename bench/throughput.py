@@ -695,10 +695,10 @@ def main() -> None:
     parser.add_argument("--portaft-batch", type=int, help="portaft's recipe batch, when it must differ (memory)")
     parser.add_argument("--portaft-without", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                         default=[], metavar="SPEEDUPS",
-                        help="ablation: the cuda backend without these (padding_free,varlen_attention,fused_loss,fused_norms)")
+                        help="ablation: the cuda backend without these (padding_free,varlen_attention,fused_loss,fused_norms,compile_layers)")
     parser.add_argument("--portaft-with", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                         default=[], metavar="SPEEDUPS",
-                        help="ablation: the cuda backend with these (varlen_without_masks,fused_lora,compile_layers)")
+                        help="ablation: the cuda backend with these (varlen_without_masks,fused_lora)")
     parser.add_argument("--lora-dropout", type=float, metavar="P",
                         help=f"every path's LoRA dropout (default {LORA['dropout']}); 0 makes compiled and eager "
                              "runs draw no random masks, so their losses can be compared step by step")

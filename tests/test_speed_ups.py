@@ -29,16 +29,36 @@ def test_without_a_gpu_or_liger_each_speed_up_says_why_it_is_not_used(loaded):
         f"attention: sdpa over the whole flattened batch under a mask ({why})",
         "loss: the full logits are computed (liger-kernel is not installed (pip install 'liger-kernel>=0.8' "
         "(or portaft[cuda])))",
-        "kernels: RMSNorm and the SwiGLU activation unfused (liger-kernel is not installed (pip install "
-        "'liger-kernel>=0.8' (or portaft[cuda])))",
+        f"kernels: each of the {model.config.num_hidden_layers} decoder layers compiled (torch.compile, on the "
+        "first steps; if the compile fails they run uncompiled, with a warning)",
     ]
     assert model.config._attn_implementation != "portaft_varlen"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is not None, reason="needs liger-kernel absent")
+@pytest.mark.parametrize("setup, why", [
+    ("gradient_checkpointing", "not tried with gradient checkpointing, which recomputes each layer in the backward pass"),
+    ("quantization", "not tried with bitsandbytes' 4-bit layers")])
+def test_layers_stay_uncompiled_where_compiling_was_never_measured(loaded, setup, why):
+    """The cuda policy compiles the layers by default, except with gradient checkpointing or
+    4-bit layers; there the run says so and Liger's norms are used instead."""
+    model, recipe = loaded
+    if setup == "quantization":
+        recipe.quantization = {"bits": 4}
+    else:
+        recipe.train["gradient_checkpointing"] = True
+    layer_forwards = [layer.forward for layer in model.model.layers]
+    notes = speed_up(model, recipe, dataclasses.replace(CUDA, varlen_attention=False, fused_loss=False), flattened=True)
+    assert notes[0] == f"kernels: the decoder layers run uncompiled ({why})"
+    assert notes[1].startswith("kernels: RMSNorm and the SwiGLU activation unfused (liger-kernel is not installed")
+    assert len(notes) == 2
+    assert [layer.forward for layer in model.model.layers] == layer_forwards
 
 
 def test_what_the_recipe_chose_is_kept_and_padded_batches_keep_sdpa(loaded):
     model, recipe = loaded
     recipe.model.attn_implementation = "sdpa"
-    policy = dataclasses.replace(CUDA, fused_loss=False, fused_norms=False)
+    policy = dataclasses.replace(CUDA, fused_loss=False, fused_norms=False, compile_layers=False)
     assert speed_up(model, recipe, policy, flattened=True) == []
     recipe.model.attn_implementation = "auto"
     assert speed_up(model, recipe, policy, flattened=False) == []
@@ -50,7 +70,8 @@ def test_fused_lora_updates_are_switched_on_by_the_policy_on_the_adapter_model(l
 
     model, recipe = loaded
     model = apply_lora(model, LoraSection(r=4, alpha=8, dropout=0.0), False)
-    policy = dataclasses.replace(CUDA, varlen_attention=False, fused_loss=False, fused_norms=False, fused_lora=True)
+    policy = dataclasses.replace(CUDA, varlen_attention=False, fused_loss=False, fused_norms=False, fused_lora=True,
+                                 compile_layers=False)
     layers = sum(1 for m in model.modules() if hasattr(m, "lora_A"))
     assert speed_up(model, recipe, policy, flattened=True) == [
         f"adapter: the update of {layers} LoRA layers added inside the matmul (addmm), not by separate scale and "
