@@ -38,9 +38,9 @@ def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]
 
 def _compile_untried(recipe: Any) -> str | None:
     """Why the layers stay uncompiled for this recipe: setups compile_layers was never measured with."""
-    if getattr(recipe, "quantization", None) is not None:
+    if recipe.quantization is not None:
         return "not tried with bitsandbytes' 4-bit layers"
-    if (getattr(recipe, "train", None) or {}).get("gradient_checkpointing"):
+    if recipe.train.get("gradient_checkpointing"):
         return "not tried with gradient checkpointing, which recomputes each layer in the backward pass"
     return None
 

@@ -139,7 +139,7 @@ def test_compiled_layers_train_with_eager_numerics_on_cuda():
     for _ in range(6):
         samples = [torch.randint(3, 2000, (n,), generator=generator).tolist() for n in (300, 517, 211, 644)]
         batches.append(flattening_collator()([{"input_ids": ids, "labels": [-100] * 20 + ids[20:]} for ids in samples]))
-    recipe = types.SimpleNamespace(model=types.SimpleNamespace(attn_implementation="auto"))
+    recipe = types.SimpleNamespace(model=types.SimpleNamespace(attn_implementation="auto"), quantization=None, train={})
 
     def losses(compile_layers: bool) -> list[float]:
         torch.manual_seed(0)
