@@ -14,10 +14,17 @@ The sample boundaries come from the batch: portaft's flattening collator adds
 transformers' `cu_seq_lens_q/k` and `max_length_q/k` (computed on the CPU, so no
 device sync), which the model passes down to attention. Anything else (generation
 with a padded batch, a KV cache) goes to sdpa with sdpa's own mask.
+
+Where every sample of a batch has the same length (full-length sequences: a 4k batch
+of long documents cut at max_length), the batch is an ordinary dense one, and cuDNN's
+fused attention (Hopper kernels; `_cudnn_attention.py`) computes the same attention
+faster than FlashAttention-2 (bench/attention.py).
+Whether a batch is one is read from shapes alone: no device sync.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch  # portaft's own dependency: only vendor libraries are imported lazily
@@ -29,6 +36,9 @@ NAME = "portaft_varlen"  # no "flash" in it: transformers would look for a flash
 # packed-sequence check (a device sync at the start of every forward), but it also drops
 # padding masks, so generation is right only for unpadded prompts (portaft's are)
 NAME_WITHOUT_MASKS = "portaft_varlen_without_masks"
+# suffix of the names whose batches all go to the flash kernels, cuDNN's never (a name with
+# "flash" in it would send transformers looking for a flash-attn package, as above)
+FLASH_ONLY = "_without_cudnn"
 
 
 def unusable_reason(model: Any) -> str | None:
@@ -55,18 +65,33 @@ def unusable_reason(model: Any) -> str | None:
     return None
 
 
-def register(masks: bool = True) -> str:
-    """Make NAME (masks=False: NAME_WITHOUT_MASKS) a transformers attention implementation
-    (idempotent); return the name."""
+def cudnn_unusable_reason(model: Any) -> str | None:
+    """Why batches of same-length samples cannot go to cuDNN's fused attention here; None when they can."""
+    config = model.config
+    if not torch.backends.cudnn.is_available() or (torch.backends.cudnn.version() or 0) < 90000:
+        return "cuDNN 9 or newer is not there"
+    if not hasattr(torch.ops.aten, "_scaled_dot_product_cudnn_attention") or not hasattr(torch.library, "custom_op"):
+        return "this torch has no cuDNN attention or cannot register custom ops (torch 2.4 or newer has both)"
+    heads = config.num_attention_heads
+    if (getattr(config, "num_key_value_heads", None) or heads) != heads:
+        return "grouped-query heads"
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    if head_dim > 128:
+        return f"head dimension {head_dim} (cuDNN's training kernels take up to 128)"
+    return None
+
+
+def register(masks: bool = True, cudnn: bool = True) -> str:
+    """Make NAME (masks=False: NAME_WITHOUT_MASKS; cudnn=False: + FLASH_ONLY) a transformers
+    attention implementation (idempotent); return the name."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    if not masks:
-        AttentionInterface.register(NAME_WITHOUT_MASKS, attention)
-        return NAME_WITHOUT_MASKS
-    AttentionInterface.register(NAME, attention)
-    AttentionMaskInterface.register(NAME, _mask)
-    return NAME
+    name = (NAME if masks else NAME_WITHOUT_MASKS) + ("" if cudnn else FLASH_ONLY)
+    AttentionInterface.register(name, attention if cudnn else flash_only_attention)
+    if masks:
+        AttentionMaskInterface.register(name, _mask)
+    return name
 
 
 def _mask(*args: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
@@ -79,9 +104,9 @@ def _mask(*args: Any, attention_mask: Any = None, **kwargs: Any) -> Any:
 
 
 def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
-              scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+              scaling: float | None = None, cudnn: bool = True, **kwargs: Any) -> tuple[Any, None]:
     """transformers' attention-function contract: q/k/v [batch, heads, length, dim] in,
-    [batch, length, heads, dim] out."""
+    [batch, length, heads, dim] out. `cudnn`: batches of same-length samples go to cuDNN."""
     batch, heads, length, dim = query.shape
     if attention_mask is not None or key.shape[2] != length or not on_flash_device(query):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -93,8 +118,15 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     if dtype not in (torch.bfloat16, torch.float16):  # float32 weights under autocast: compute as autocast does
         target = torch.get_autocast_dtype("cuda") if autocast_enabled("cuda") else torch.bfloat16
         query, key, value = query.to(target), key.to(target), value.to(target)
-    out = flash_varlen(_rows(query), _rows(key), _rows(value), cu_seq_lens, max_length, dropout, scaling)
+    samples = cu_seq_lens.shape[0] - 1
+    if cudnn and samples * max_length == batch * length and key.shape[1] == heads and not dropout:
+        out = cudnn_dense(_rows(query), _rows(key), _rows(value), samples, scaling)
+    else:
+        out = flash_varlen(_rows(query), _rows(key), _rows(value), cu_seq_lens, max_length, dropout, scaling)
     return out.view(batch, length, heads, dim).to(dtype), None
+
+
+flash_only_attention = functools.partial(attention, cudnn=False)
 
 
 def on_flash_device(tensor: Any) -> bool:
@@ -124,6 +156,14 @@ def flash_varlen(query: Any, key: Any, value: Any, cu_seq_lens: Any, max_length:
     out = torch.ops.aten._flash_attention_forward(query, key, value, cu_seq_lens, cu_seq_lens, max_length, max_length,
                                                   dropout, True, False, scale=scale)
     return out[0]
+
+
+def cudnn_dense(query: Any, key: Any, value: Any, samples: int, scale: float | None) -> Any:
+    """Causal attention of `samples` spans of one length each, by cuDNN: q/k/v [tokens,
+    heads, dim] -> out [tokens, heads, dim]."""
+    from ._cudnn_attention import causal_attention
+
+    return causal_attention(query, key, value, samples, scale)
 
 
 def _rows(states: Any) -> Any:

@@ -16,7 +16,7 @@ def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     notes: list[str] = []
     if policy.varlen_attention and flattened and recipe.model.attn_implementation == "auto":
-        notes.append(_varlen_attention(base, masks=not policy.varlen_without_masks))
+        notes.append(_varlen_attention(base, masks=not policy.varlen_without_masks, cudnn=policy.cudnn_attention))
     compiled = policy.compile_layers
     if compiled and (untried := _compile_untried(recipe)):
         compiled = False
@@ -45,19 +45,24 @@ def _compile_untried(recipe: Any) -> str | None:
     return None
 
 
-def _varlen_attention(model: Any, masks: bool) -> str:
+def _varlen_attention(model: Any, masks: bool, cudnn: bool) -> str:
     from . import _flash_varlen
 
     reason = _flash_varlen.unusable_reason(model)
+    no_cudnn = _flash_varlen.cudnn_unusable_reason(model) if cudnn and reason is None else None
     if reason is None:
-        name = _flash_varlen.register(masks)
+        name = _flash_varlen.register(masks, cudnn=cudnn and no_cudnn is None)
         model.set_attn_implementation(name)
         if model.config._attn_implementation != name:
             reason = "the model's code does not take transformers' attention functions"
     if reason is not None:
         return f"attention: sdpa over the whole flattened batch under a mask ({reason})"
-    return ("attention: each sample of a flattened batch attends to itself only (torch's flash kernels, "
+    note = ("attention: each sample of a flattened batch attends to itself only (torch's flash kernels, "
             "variable-length), not the whole batch under a mask")
+    if cudnn:
+        note += ("; batches of same-length samples take cuDNN's fused attention" if no_cudnn is None
+                 else f"; cuDNN's fused attention is not used ({no_cudnn})")
+    return note
 
 
 def _liger_kernels(model: Any, loss: bool, norms: bool) -> list[str]:

@@ -53,6 +53,8 @@ class DevicePolicy:
     # without_masks: transformers builds no masks for it (no sync per forward; unpadded generation only)
     varlen_attention: bool = False
     varlen_without_masks: bool = False
+    # ... and batches whose samples all have one length (full 4k sequences) take cuDNN's fused attention
+    cudnn_attention: bool = False
     # Liger Kernel where installed (_liger.py): the LM head fused with the cross-entropy,
     # and RMSNorm and the SwiGLU activation as single kernels
     fused_loss: bool = False

@@ -695,7 +695,8 @@ def main() -> None:
     parser.add_argument("--portaft-batch", type=int, help="portaft's recipe batch, when it must differ (memory)")
     parser.add_argument("--portaft-without", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                         default=[], metavar="SPEEDUPS",
-                        help="ablation: the cuda backend without these (padding_free,varlen_attention,fused_loss,fused_norms,compile_layers)")
+                        help="ablation: the cuda backend without these (padding_free,varlen_attention,cudnn_attention,fused_loss,"
+                             "fused_norms,compile_layers)")
     parser.add_argument("--portaft-with", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                         default=[], metavar="SPEEDUPS",
                         help="ablation: the cuda backend with these (varlen_without_masks,fused_lora)")
@@ -728,7 +729,7 @@ def main() -> None:
     else:
         args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
         speed_ups = {"padding_free", "varlen_attention", "varlen_without_masks", "fused_loss", "fused_norms",
-                     "fused_lora", "compile_layers"}
+                     "fused_lora", "compile_layers", "cudnn_attention"}
         if set(args.portaft_without + args.portaft_with) - speed_ups:
             parser.error(f"--portaft-without/--portaft-with: choose from {', '.join(sorted(speed_ups))}")
         if args.nproc > 1 and args.paths != ["portaft"]:

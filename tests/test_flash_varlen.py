@@ -29,9 +29,17 @@ def reference_kernel(query, key, value, cu_seq_lens, max_length, dropout, scale)
     return out
 
 
+def reference_dense_kernel(query, key, value, samples, scale):
+    """What cuDNN computes for `samples` spans of one length."""
+    length = query.shape[0] // samples
+    cu = torch.arange(0, query.shape[0] + 1, length, dtype=torch.int32)
+    return reference_kernel(query, key, value, cu, length, 0.0, scale)
+
+
 @pytest.fixture
 def reference_flash(monkeypatch):
     monkeypatch.setattr(_flash_varlen, "flash_varlen", reference_kernel)
+    monkeypatch.setattr(_flash_varlen, "cudnn_dense", reference_dense_kernel)
     monkeypatch.setattr(_flash_varlen, "on_flash_device", lambda tensor: True)
 
 
@@ -53,6 +61,32 @@ def test_flattened_samples_attend_only_to_themselves_with_grouped_query_heads(re
         out, weights = _flash_varlen.attention(None, query, key, value, None, scaling=None, **bounds)
         assert weights is None and out.shape == (1, sum(lengths), 8, 16)
         torch.testing.assert_close(out, block_diagonal_sdpa(query, key, value, lengths), atol=2e-2, rtol=2e-2)
+
+
+def test_samples_of_one_length_go_to_cudnn_unless_flash_only_or_grouped_query(reference_flash, monkeypatch):
+    """A flattened batch whose samples all have one length is a dense batch: cuDNN's kernel
+    (decided from shapes, no sync); other lengths, grouped-query heads and FLASH_ONLY stay on flash."""
+    calls = []
+    monkeypatch.setattr(_flash_varlen, "flash_varlen", lambda *a: calls.append("flash") or reference_kernel(*a))
+    monkeypatch.setattr(_flash_varlen, "cudnn_dense",
+                        lambda *a: calls.append(("cudnn", a[3])) or reference_dense_kernel(*a))
+    torch.manual_seed(0)
+    lengths = [6, 6, 6]
+    query, key, value = (torch.randn(1, 4, 18, 8, dtype=torch.bfloat16) for _ in range(3))
+
+    def attend(function, key_value_heads=4, cu=(0, 6, 12, 18)):
+        bounds = {"cu_seq_lens_q": torch.tensor(cu, dtype=torch.int32), "max_length_q": max(
+            e - s for s, e in zip(cu, cu[1:]))}
+        return function(None, query, key[:, :key_value_heads], value[:, :key_value_heads], None, **bounds)[0]
+
+    out = attend(_flash_varlen.attention)
+    assert calls == [("cudnn", 3)]
+    torch.testing.assert_close(out, block_diagonal_sdpa(query, key, value, lengths), atol=2e-2, rtol=2e-2)
+    calls.clear()
+    attend(_flash_varlen.attention, cu=(0, 5, 12, 18))  # other lengths
+    attend(_flash_varlen.attention, key_value_heads=2)
+    attend(_flash_varlen.flash_only_attention)
+    assert calls == ["flash"] * 3
 
 
 def test_masks_and_kv_caches_go_to_sdpa_unchanged(reference_flash, monkeypatch):

@@ -104,6 +104,39 @@ def test_varlen_attention_equals_block_diagonal_sdpa_forward_and_backward():
         torch.testing.assert_close(grad.float(), ref.grad, atol=5e-2, rtol=5e-2)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cudnn_attention_of_same_length_samples_is_as_exact_as_flash(compiled, monkeypatch):
+    """Samples of one length go to cuDNN's fused attention, eager and inside a compiled graph
+    (the compiled layers' case): its output and gradients are as close to float32 attention
+    as the flash kernels' (bench/attention.py measured both at ~2e-3)."""
+    from portaft.backends import _flash_varlen
+
+    calls = []
+    cudnn_dense = _flash_varlen.cudnn_dense
+    monkeypatch.setattr(_flash_varlen, "cudnn_dense", lambda *a: calls.append("cudnn") or cudnn_dense(*a))
+    torch.manual_seed(0)
+    leaves = [torch.randn(1, 8, 3 * 256, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+              for _ in range(3)]
+    bounds = {"cu_seq_lens_q": torch.tensor([0, 256, 512, 768], dtype=torch.int32, device="cuda"),
+              "max_length_q": 256}
+    reference = [t.detach().float().view(8, 3, 256, 128).transpose(0, 1).requires_grad_() for t in leaves]
+    expected = torch.nn.functional.scaled_dot_product_attention(*reference, is_causal=True)
+    expected.square().sum().backward()
+    expected = [expected.transpose(1, 2).reshape(1, 768, 8, 128)] + [
+        t.grad.transpose(0, 1).reshape(1, 8, 768, 128) for t in reference]
+    for function in (_flash_varlen.attention, _flash_varlen.flash_only_attention):
+        if compiled:
+            function = torch.compile(function, dynamic=True)
+        out, _ = function(None, *leaves, None, **bounds)
+        out.float().square().sum().backward()
+        errors = [float((got.detach().float() - want).norm() / want.norm())
+                  for got, want in zip([out] + [t.grad for t in leaves], expected)]
+        assert max(errors) < 1e-2, errors
+        for t in leaves:
+            t.grad = None
+    assert calls == ["cudnn"]  # the first function only
+
+
 def test_cuda_run_says_which_speed_ups_it_uses_and_learns(recipe_dict):
     recipe_dict["train"]["max_steps"] = 12
     recipe_dict["eval_prompts"] = ["你是谁？"]  # generation with float32 adapters on a bfloat16 model

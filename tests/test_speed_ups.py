@@ -55,6 +55,28 @@ def test_layers_stay_uncompiled_where_compiling_was_never_measured(loaded, setup
     assert [layer.forward for layer in model.model.layers] == layer_forwards
 
 
+@pytest.mark.parametrize("cudnn_reason", [None, "grouped-query heads"])
+def test_the_attention_note_says_whether_same_length_batches_take_cudnn(loaded, monkeypatch, cudnn_reason):
+    """Where the varlen kernels can run, the note also says whether cuDNN takes batches of
+    same-length samples, or why not; without cuDNN the model gets the flash-only attention."""
+    from portaft.backends import _flash_varlen
+
+    model, recipe = loaded
+    if not hasattr(model, "set_attn_implementation"):
+        pytest.skip("this transformers cannot change a loaded model's attention")
+    monkeypatch.setattr(_flash_varlen, "unusable_reason", lambda model: None)
+    monkeypatch.setattr(_flash_varlen, "cudnn_unusable_reason", lambda model: cudnn_reason)
+    policy = dataclasses.replace(CUDA, fused_loss=False, fused_norms=False, compile_layers=False)
+    [note] = speed_up(model, recipe, policy, flattened=True)
+    assert note.startswith("attention: each sample of a flattened batch attends to itself only")
+    if cudnn_reason is None:
+        assert note.endswith("; batches of same-length samples take cuDNN's fused attention")
+        assert model.config._attn_implementation == _flash_varlen.NAME
+    else:
+        assert note.endswith("; cuDNN's fused attention is not used (grouped-query heads)")
+        assert model.config._attn_implementation == _flash_varlen.NAME + _flash_varlen.FLASH_ONLY
+
+
 def test_what_the_recipe_chose_is_kept_and_padded_batches_keep_sdpa(loaded):
     model, recipe = loaded
     recipe.model.attn_implementation = "sdpa"
