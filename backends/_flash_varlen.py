@@ -118,11 +118,12 @@ def attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any
     if dtype not in (torch.bfloat16, torch.float16):  # float32 weights under autocast: compute as autocast does
         target = torch.get_autocast_dtype("cuda") if autocast_enabled("cuda") else torch.bfloat16
         query, key, value = query.to(target), key.to(target), value.to(target)
+    rows = (_rows(query), _rows(key), _rows(value))
     samples = cu_seq_lens.shape[0] - 1
     if cudnn and samples * max_length == batch * length and key.shape[1] == heads and not dropout:
-        out = cudnn_dense(_rows(query), _rows(key), _rows(value), samples, scaling)
+        out = cudnn_dense(*rows, samples, scaling)
     else:
-        out = flash_varlen(_rows(query), _rows(key), _rows(value), cu_seq_lens, max_length, dropout, scaling)
+        out = flash_varlen(*rows, cu_seq_lens, max_length, dropout, scaling)
     return out.view(batch, length, heads, dim).to(dtype), None
 
 
