@@ -477,8 +477,9 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                 self.profiler.stop()
                 table = self.profiler.key_averages().table(sort_by="self_device_time_total" if cuda else
                                                            "self_cpu_time_total", row_limit=45, max_name_column_width=70)
-                Path(profile).write_text(f"two optimizer steps after {warmup} warm-up steps\n{table}\n",
-                                         encoding="utf-8")
+                rank = int(os.environ.get("RANK", "0"))  # under torchrun: a file per process
+                Path(profile if not rank else f"{profile[:-4]}-rank{rank}.txt").write_text(
+                    f"two optimizer steps after {warmup} warm-up steps\n{table}\n", encoding="utf-8")
 
         def on_train_end(self, args, state, control, **kwargs):
             if cuda:

@@ -125,13 +125,16 @@ def test_the_seed_path_keeps_the_tutorial_batch_even_out_of_memory():
 def test_two_processes_count_the_tokens_of_both_and_the_table_gives_the_scaling(tmp_path):
     """--nproc 2: the portaft path under torchrun (gloo on the CPU); every step's count is
     both processes' batches, and the table names the processes. A one-process run into the
-    same folder keeps its own file, and the table gives the ratio of the two."""
+    same folder keeps its own file, and the table gives the ratio of the two. A profile
+    writes one table per process (which one waits for the other is what it shows)."""
     out, work = tmp_path / "results", tmp_path / "work"
     for nproc in (2, 1):
         subprocess.run([sys.executable, str(REPO / "bench" / "throughput.py"), "--shape", "tiny", "--lengths", "sft",
                         "--paths", "portaft", "--nproc", str(nproc), "--rounds", "1", "--steps", "3", "--warmup", "1",
-                        "--samples", "48", "--out", str(out), "--work", str(work)], check=True, capture_output=True,
-                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                        "--samples", "48", "--out", str(out), "--work", str(work)] + ["--profile"] * (nproc == 2),
+                       check=True, capture_output=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for profile in ("profile-tiny-sft-2gpus-portaft.txt", "profile-tiny-sft-2gpus-portaft-rank1.txt"):
+        assert (out / profile).read_text(encoding="utf-8").startswith("two optimizer steps after 1 warm-up steps")
     record = json.loads((out / "throughput-tiny-sft-2gpus.json").read_text(encoding="utf-8"))
     (run,) = record["runs"]
     assert "error" not in run, run
