@@ -475,11 +475,13 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             self.current = None
             if profile and len(self.ends) == warmup + 2:
                 self.profiler.stop()
-                table = self.profiler.key_averages().table(sort_by="self_device_time_total" if cuda else
-                                                           "self_cpu_time_total", row_limit=45, max_name_column_width=70)
+                if cuda:
+                    torch.cuda.synchronize()
+                first = self.ends[warmup - 1] if warmup else self.begins[warmup]
+                wall = first.elapsed_time(self.ends[-1]) if cuda else (self.ends[-1] - first) * 1e3
                 rank = int(os.environ.get("RANK", "0"))  # under torchrun: a file per process
                 Path(profile if not rank else f"{profile[:-4]}-rank{rank}.txt").write_text(
-                    f"two optimizer steps after {warmup} warm-up steps\n{table}\n", encoding="utf-8")
+                    profile_report(self.profiler, warmup, wall, cuda), encoding="utf-8")
 
         def on_train_end(self, args, state, control, **kwargs):
             if cuda:
@@ -510,6 +512,50 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                     "attention": self.attention}
 
     return Meter()
+
+
+# host calls that wait for the device: where a step cannot run ahead of the GPU
+WAITS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy", "cudaMemcpyAsync")
+
+
+def profile_report(profiler, warmup: int, wall_ms: float, cuda: bool) -> str:
+    """The profiled steps in numbers first (is the GPU busy? how often does the host wait
+    for it?), then the kernels by device time and the host's work by CPU time."""
+    from torch.autograd import DeviceType
+
+    events = profiler.events()
+    lines = [f"two optimizer steps after {warmup} warm-up steps: {wall_ms:.1f} ms"]
+    if cuda:
+        kernels = [(e.time_range.start, e.time_range.end, e.name) for e in events if e.device_type == DeviceType.CUDA]
+        busy = covered([(start, end) for start, end, _ in kernels]) / 1e3
+        talk = covered([(start, end) for start, end, name in kernels if "nccl" in name.lower()]) / 1e3
+        lines.append(f"GPU busy {busy:.1f} ms ({busy / wall_ms:.0%}), of which collectives {talk:.1f} ms")
+        waits = {}
+        for event in events:
+            if event.device_type == DeviceType.CPU and event.name in WAITS:
+                count, total = waits.get(event.name, (0, 0.0))
+                waits[event.name] = (count + 1, total + (event.time_range.end - event.time_range.start) / 1e3)
+        launches = sum(1 for e in events if e.device_type == DeviceType.CPU and "LaunchKernel" in e.name)
+        lines.append("host waiting for the GPU: " + (", ".join(
+            f"{name} {count}x {total:.1f} ms" for name, (count, total) in sorted(waits.items())) or "never")
+            + f"; kernel launches: {launches:,}")
+    averages = profiler.key_averages()
+    if cuda:
+        lines += ["", "by device time:", averages.table(sort_by="self_device_time_total", row_limit=45,
+                                                         max_name_column_width=70)]
+    lines += ["", "by CPU time (the host's own work):", averages.table(sort_by="self_cpu_time_total", row_limit=30,
+                                                                         max_name_column_width=70)]
+    return "\n".join(lines) + "\n"
+
+
+def covered(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals: time some kernel ran, overlaps once."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 def matmul_parameters(model) -> int:

@@ -121,6 +121,34 @@ def test_the_seed_path_keeps_the_tutorial_batch_even_out_of_memory():
     assert saved[-1] == ([{"path": "seed", "round": 1, "batch": 2, "error": "CUDA out of memory"}], [])
 
 
+def test_a_profile_counts_time_two_kernels_overlap_once():
+    covered = load_benchmark().covered
+    assert covered([]) == 0
+    assert covered([(0, 10), (5, 15), (20, 25)]) == 20  # 0-15 and 20-25
+    assert covered([(20, 25), (0, 10), (2, 4)]) == 15  # unsorted, one inside another
+
+
+def test_a_gpu_profile_says_how_busy_the_gpu_was_and_how_long_the_host_waited_for_it():
+    """What a profile of a CPU-bound step must show (the kernels of a GPU run, stood in for)."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def event(name, device, start, end):  # microseconds, as torch.profiler's events
+        return SimpleNamespace(name=name, device_type=device, time_range=SimpleNamespace(start=start, end=end))
+
+    events = [event("gemm", DeviceType.CUDA, 0, 1000), event("ncclDevKernel_AllReduce", DeviceType.CUDA, 500, 3000),
+              event("cudaStreamSynchronize", DeviceType.CPU, 3000, 5000), event("cudaLaunchKernel", DeviceType.CPU, 0, 5),
+              event("cudaLaunchKernel", DeviceType.CPU, 6, 9)]
+    tables = SimpleNamespace(table=lambda sort_by, **_: f"[table by {sort_by}]")
+    profiler = SimpleNamespace(events=lambda: events, key_averages=lambda: tables)
+    report = load_benchmark().profile_report(profiler, 5, 10.0, cuda=True).splitlines()
+    assert report[:3] == ["two optimizer steps after 5 warm-up steps: 10.0 ms",
+                          "GPU busy 3.0 ms (30%), of which collectives 2.5 ms",
+                          "host waiting for the GPU: cudaStreamSynchronize 1x 2.0 ms; kernel launches: 2"]
+    assert "[table by self_device_time_total]" in report and "[table by self_cpu_time_total]" in report
+
+
 @pytest.mark.slow
 def test_two_processes_count_the_tokens_of_both_and_the_table_gives_the_scaling(tmp_path):
     """--nproc 2: the portaft path under torchrun (gloo on the CPU); every step's count is
@@ -134,7 +162,8 @@ def test_two_processes_count_the_tokens_of_both_and_the_table_gives_the_scaling(
                         "--samples", "48", "--out", str(out), "--work", str(work)] + ["--profile"] * (nproc == 2),
                        check=True, capture_output=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     for profile in ("profile-tiny-sft-2gpus-portaft.txt", "profile-tiny-sft-2gpus-portaft-rank1.txt"):
-        assert (out / profile).read_text(encoding="utf-8").startswith("two optimizer steps after 1 warm-up steps")
+        report = (out / profile).read_text(encoding="utf-8")
+        assert report.startswith("two optimizer steps after 1 warm-up steps: ") and "by CPU time" in report
     record = json.loads((out / "throughput-tiny-sft-2gpus.json").read_text(encoding="utf-8"))
     (run,) = record["runs"]
     assert "error" not in run, run
