@@ -477,11 +477,9 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                 self.profiler.stop()
                 if cuda:
                     torch.cuda.synchronize()
-                first = self.ends[warmup - 1] if warmup else self.begins[warmup]
-                wall = first.elapsed_time(self.ends[-1]) if cuda else (self.ends[-1] - first) * 1e3
                 rank = int(os.environ.get("RANK", "0"))  # under torchrun: a file per process
                 Path(profile if not rank else f"{profile[:-4]}-rank{rank}.txt").write_text(
-                    profile_report(self.profiler, warmup, wall, cuda), encoding="utf-8")
+                    profile_report(self.profiler, warmup, self.measured_ms(), cuda), encoding="utf-8")
 
         def on_train_end(self, args, state, control, **kwargs):
             if cuda:
@@ -489,12 +487,16 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                 self.peak = torch.cuda.max_memory_allocated() / 2**30
             self.losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
 
+        def measured_ms(self) -> float:
+            """From the end of the warm-up to the latest step's end (CUDA events: call after a sync)."""
+            start = self.ends[warmup - 1] if warmup else self.begins[0]
+            return start.elapsed_time(self.ends[-1]) if cuda else (self.ends[-1] - start) * 1e3
+
         def results(self) -> dict:
             measured = len(self.ends) - warmup
             if measured <= 0:
                 raise RuntimeError(f"{len(self.ends)} steps ran, none after the {warmup} warm-up steps")
-            start = self.ends[warmup - 1] if warmup else self.begins[0]
-            seconds = (start.elapsed_time(self.ends[-1]) / 1e3 if cuda else self.ends[-1] - start)
+            seconds = self.measured_ms() / 1e3
             per_step = [[sum(int(batch[i]) for batch in step) for i in range(3)] for step in self.steps]
             if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process's tokens
                 counts = torch.tensor(per_step, device="cuda" if cuda else "cpu")
