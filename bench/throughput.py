@@ -53,6 +53,10 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 PATHS = ("seed", "tuned", "portaft")
+# the cuda backend's policy switches an ablation may turn off (on by default) or on (off by default)
+DEFAULT_SPEED_UPS = ("padding_free", "varlen_attention", "cudnn_attention", "fused_loss", "fused_norms",
+                     "compile_layers")
+OPT_IN_SPEED_UPS = ("varlen_without_masks", "fused_lora")
 SHAPES = ("qwen2.5-0.5b", "llama-3.2-1b", "deepseek-llm-7b", "tiny")
 MAX_LENGTH = {"sft": 1024, "4k": 4096}
 # tuned and portaft per-device batch; at 4k a batch of 32 sequences would not fit
@@ -744,11 +748,10 @@ def main() -> None:
     parser.add_argument("--portaft-batch", type=int, help="portaft's recipe batch, when it must differ (memory)")
     parser.add_argument("--portaft-without", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                         default=[], metavar="SPEEDUPS",
-                        help="ablation: the cuda backend without these (padding_free,varlen_attention,cudnn_attention,fused_loss,"
-                             "fused_norms,compile_layers)")
+                        help=f"ablation: the cuda backend without these ({','.join(DEFAULT_SPEED_UPS)})")
     parser.add_argument("--portaft-with", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                         default=[], metavar="SPEEDUPS",
-                        help="ablation: the cuda backend with these (varlen_without_masks,fused_lora)")
+                        help=f"ablation: the cuda backend with these ({','.join(OPT_IN_SPEED_UPS)})")
     parser.add_argument("--lora-dropout", type=float, metavar="P",
                         help=f"every path's LoRA dropout (default {LORA['dropout']}); 0 makes compiled and eager "
                              "runs draw no random masks, so their losses can be compared step by step")
@@ -777,8 +780,7 @@ def main() -> None:
             Path(args.result).write_text(json.dumps(result))
     else:
         args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-        speed_ups = {"padding_free", "varlen_attention", "varlen_without_masks", "fused_loss", "fused_norms",
-                     "fused_lora", "compile_layers", "cudnn_attention"}
+        speed_ups = set(DEFAULT_SPEED_UPS + OPT_IN_SPEED_UPS)
         if set(args.portaft_without + args.portaft_with) - speed_ups:
             parser.error(f"--portaft-without/--portaft-with: choose from {', '.join(sorted(speed_ups))}")
         if args.nproc > 1 and args.paths != ["portaft"]:
