@@ -7,6 +7,7 @@ Measured one by one in bench/results/steps/ (docs/performance.md).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -16,7 +17,8 @@ def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     notes: list[str] = []
     if policy.varlen_attention and flattened and recipe.model.attn_implementation == "auto":
-        notes.append(_varlen_attention(base, masks=not policy.varlen_without_masks, cudnn=policy.cudnn_attention))
+        notes.append(_varlen_attention(base, masks=not _without_masks(policy.varlen_without_masks),
+                                       cudnn=policy.cudnn_attention))
     compiled = policy.compile_layers
     if compiled and (untried := _compile_untried(recipe)):
         compiled = False
@@ -45,6 +47,15 @@ def _compile_untried(recipe: Any) -> str | None:
     return None
 
 
+def _without_masks(setting: bool | str) -> bool:
+    """The policy's varlen_without_masks for this run. "several_processes": only under torchrun
+    with several, where a sync at the start of each forward also waits for the other
+    processes' collectives (docs/performance.md: faster on 2 GPUs, not on one)."""
+    if setting == "several_processes":
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return bool(setting)
+
+
 def _varlen_attention(model: Any, masks: bool, cudnn: bool) -> str:
     from . import _flash_varlen
 
@@ -62,6 +73,8 @@ def _varlen_attention(model: Any, masks: bool, cudnn: bool) -> str:
     if cudnn:
         note += ("; batches of same-length samples take cuDNN's fused attention" if no_cudnn is None
                  else f"; cuDNN's fused attention is not used ({no_cudnn})")
+    if not masks:
+        note += "; transformers builds no attention masks (no device sync at the start of each forward)"
     return note
 
 

@@ -50,9 +50,11 @@ class DevicePolicy:
     # why bitsandbytes quantization (QLoRA) cannot run here; None = it can
     cannot_quantize: Callable[[], str | None] = lambda: "portaft runs bitsandbytes only on CUDA GPUs"
     # flattened batches attend per sample with torch's flash kernels (_flash_varlen.py);
-    # without_masks: transformers builds no masks for it (no sync per forward; unpadded generation only)
+    # without_masks: transformers builds no masks for it (no device sync at the start of each
+    # forward; unpadded generation only): True, False, or "several_processes" (only when torchrun
+    # started several: measured faster there, not with one process; docs/performance.md)
     varlen_attention: bool = False
-    varlen_without_masks: bool = False
+    varlen_without_masks: bool | str = False
     # ... and batches whose samples all have one length (full 4k sequences) take cuDNN's fused attention
     cudnn_attention: bool = False
     # Liger Kernel where installed (_liger.py): the LM head fused with the cross-entropy,

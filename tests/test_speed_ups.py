@@ -77,6 +77,30 @@ def test_the_attention_note_says_whether_same_length_batches_take_cudnn(loaded, 
         assert model.config._attn_implementation == _flash_varlen.NAME + _flash_varlen.FLASH_ONLY
 
 
+@pytest.mark.parametrize("world_size, masks", [(None, True), ("1", True), ("2", False)])
+def test_the_cuda_default_builds_no_masks_only_under_several_processes(loaded, monkeypatch, world_size, masks):
+    """Without masks transformers skips its packed-sequence check, a device sync at the start
+    of each forward: measured faster with 2 processes, not with one, so the cuda default
+    drops the masks only when torchrun started several; the note says so."""
+    from portaft.backends import _flash_varlen
+
+    model, recipe = loaded
+    if not hasattr(model, "set_attn_implementation"):
+        pytest.skip("this transformers cannot change a loaded model's attention")
+    monkeypatch.setattr(_flash_varlen, "unusable_reason", lambda model: None)
+    monkeypatch.setattr(_flash_varlen, "cudnn_unusable_reason", lambda model: None)
+    if world_size is None:
+        monkeypatch.delenv("WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("WORLD_SIZE", world_size)
+    policy = dataclasses.replace(CUDA, fused_loss=False, fused_norms=False, compile_layers=False)
+    [note] = speed_up(model, recipe, policy, flattened=True)
+    expected = _flash_varlen.NAME if masks else _flash_varlen.NAME_WITHOUT_MASKS
+    assert model.config._attn_implementation == expected
+    assert note.endswith("; transformers builds no attention masks (no device sync at the start of each forward)") \
+        is not masks
+
+
 def test_what_the_recipe_chose_is_kept_and_padded_batches_keep_sdpa(loaded):
     model, recipe = loaded
     recipe.model.attn_implementation = "sdpa"
