@@ -17,6 +17,7 @@ architecture, as those functions do to an instance.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import types
@@ -39,10 +40,39 @@ def unusable_reason(model: Any) -> str | None:
     return None
 
 
-def fuse_loss(model: Any) -> None:
-    """Replace `model.forward` (this instance only) by Liger's forward for its architecture."""
+# Liger holds at most chunk_mem_const x the hidden states' size of logits at once (its
+# default 1). A small hidden size under a large vocabulary then makes tiny chunks: for
+# Qwen2.5-0.5B (896, 151,936) 64 tokens, 147 chunks in a 9.4k-token batch, each with its own
+# matmuls reading the whole LM head and its own kernels (29% of that model's GPU time and
+# 14% of its host's a step, steps/10-.../profiles-with-masks). 16 is what Liger
+# uses for its fused KL loss: 1,024-token chunks there, 2 chunks for a 7B batch at 4k.
+LARGER_CHUNKS = 16
+
+
+def fuse_loss(model: Any, chunk_mem_const: int | None = None) -> None:
+    """Replace `model.forward` (this instance only) by Liger's forward for its architecture;
+    `chunk_mem_const`: Liger's logits budget (None: Liger's default)."""
     module = importlib.import_module(f"liger_kernel.transformers.model.{LIGER_FORWARDS[model.config.model_type]}")
-    model.forward = types.MethodType(module.lce_forward, model)
+    forward = module.lce_forward
+    if chunk_mem_const is not None:  # see takes_chunk_mem_const
+        # Liger's forward hands its keyword arguments to the loss, which keeps the ones it takes
+        # (and to the decoder, whose attention functions take any and use none of them)
+        forward = functools.partial(forward, chunk_mem_const=chunk_mem_const)
+    model.forward = types.MethodType(forward, model)
+
+
+def takes_chunk_mem_const() -> bool:
+    """Whether this Liger's fused cross-entropy passes chunk_mem_const on to its kernel (0.8.5
+    does); an older one would drop it without a word."""
+    import inspect
+
+    try:
+        from liger_kernel.ops.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyFunction
+        from liger_kernel.transformers import functional
+    except ImportError:
+        return False
+    return bool("chunk_mem_const" in inspect.signature(functional.liger_fused_linear_cross_entropy).parameters
+            and getattr(LigerFusedLinearCrossEntropyFunction, "supports_inner_impl_dispatch", False))
 
 
 def fuse_norms_and_mlp(model: Any) -> None:

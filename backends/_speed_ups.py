@@ -26,7 +26,7 @@ def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]
     # torch.compile cannot trace Liger's RMSNorm (measured); compiled layers fuse their norms themselves
     fused_norms = policy.fused_norms and not compiled
     if policy.fused_loss or fused_norms:
-        notes += _liger_kernels(base, policy.fused_loss, fused_norms)
+        notes += _liger_kernels(base, policy.fused_loss, fused_norms, policy.larger_loss_chunks)
     if policy.fused_lora and base is not model:
         from portaft.adapters import fuse_lora_updates
 
@@ -78,14 +78,22 @@ def _varlen_attention(model: Any, masks: bool, cudnn: bool) -> str:
     return note
 
 
-def _liger_kernels(model: Any, loss: bool, norms: bool) -> list[str]:
+def _liger_kernels(model: Any, loss: bool, norms: bool, larger_chunks: bool = False) -> list[str]:
+    import functools
+
     from . import _liger
 
     notes = []
     reason = _liger.unusable_reason(model)
+    fuse_loss, fused = _liger.fuse_loss, "loss: LM head and cross-entropy fused (Liger Kernel), the logits never held whole"
+    if loss and larger_chunks and reason is None:
+        if _liger.takes_chunk_mem_const():
+            fuse_loss = functools.partial(_liger.fuse_loss, chunk_mem_const=_liger.LARGER_CHUNKS)
+            fused += f", in chunks of up to {_liger.LARGER_CHUNKS}x the hidden states' size"
+        else:
+            fused += " (in Liger's own chunks: this liger-kernel cannot be given larger ones)"
     for wanted, fuse, done, missing in (
-            (loss, _liger.fuse_loss, "loss: LM head and cross-entropy fused (Liger Kernel), the logits never held whole",
-             "loss: the full logits are computed"),
+            (loss, fuse_loss, fused, "loss: the full logits are computed"),
             (norms, _liger.fuse_norms_and_mlp, "kernels: RMSNorm and the SwiGLU activation fused (Liger Kernel)",
              "kernels: RMSNorm and the SwiGLU activation unfused")):
         if not wanted:

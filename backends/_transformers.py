@@ -60,6 +60,9 @@ class DevicePolicy:
     # Liger Kernel where installed (_liger.py): the LM head fused with the cross-entropy,
     # and RMSNorm and the SwiGLU activation as single kernels
     fused_loss: bool = False
+    # ... in chunks of up to 16x the hidden states' size instead of Liger's 1x (fewer, larger
+    # matmuls for small models with large vocabularies; not yet measured, so off)
+    larger_loss_chunks: bool = False
     fused_norms: bool = False
     # each LoRA layer's update added inside one matmul (adapters.fuse_lora_updates)
     fused_lora: bool = False

@@ -194,3 +194,48 @@ def test_compiled_layers_train_with_eager_numerics_on_cuda():
         return result
 
     assert losses(compile_layers=True) == pytest.approx(losses(compile_layers=False), rel=1e-4)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is None, reason="needs liger-kernel (portaft[cuda])")
+def test_larger_loss_chunks_give_the_same_losses_through_compiled_layers():
+    """larger_loss_chunks: Liger's loss in 128-token chunks instead of 8 for this narrow model
+    under a wide vocabulary (the shape of Qwen2.5-0.5B's problem); its chunk_mem_const also
+    travels through the compiled layers' keyword arguments. Four AdamW steps, no dropout."""
+    import dataclasses
+    import types
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from portaft.adapters import apply_lora, keep_inputs_in_compute_dtype
+    from portaft.backends._speed_ups import speed_up
+    from portaft.backends.cuda import CUDA
+    from portaft.data.packing import flattening_collator
+    from portaft.recipe import LoraSection
+
+    config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, use_cache=False)
+    generator = torch.Generator().manual_seed(2)
+    batches = [flattening_collator()([{"input_ids": ids, "labels": [-100] * 10 + ids[10:]} for ids in (
+        torch.randint(3, 32000, (n,), generator=generator).tolist() for n in (300, 517, 211, 644))]) for _ in range(4)]
+    recipe = types.SimpleNamespace(model=types.SimpleNamespace(attn_implementation="auto"), quantization=None, train={})
+
+    def losses(larger: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = apply_lora(LlamaForCausalLM(config).to(torch.bfloat16).cuda(),
+                           LoraSection(r=16, alpha=32, dropout=0.0), False)
+        keep_inputs_in_compute_dtype(model)
+        notes = speed_up(model, recipe, dataclasses.replace(CUDA, larger_loss_chunks=larger), flattened=True)
+        assert any(n.endswith("in chunks of up to 16x the hidden states' size") for n in notes) == larger
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        result = []
+        for batch in batches:
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = model(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.append(loss.item())
+        return result
+
+    assert losses(larger=True) == pytest.approx(losses(larger=False), rel=1e-3)

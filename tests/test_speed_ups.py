@@ -198,3 +198,63 @@ def test_a_compile_that_fails_leaves_the_layers_uncompiled_with_a_warning(tiny_m
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=0)
     _loss_and_grads(model, ids)  # later steps run uncompiled, without another warning
     assert capsys.readouterr().err == ""
+
+
+@pytest.fixture
+def fake_liger(monkeypatch):
+    """Stand-ins for the pieces of liger-kernel 0.8.5 that portaft calls (the real one needs a
+    GPU): Liger's forward records the keyword arguments it is given."""
+    import importlib.machinery
+    import sys
+    import types
+
+    given = []
+    names = ("liger_kernel", "liger_kernel.transformers", "liger_kernel.transformers.model",
+             "liger_kernel.transformers.model.llama", "liger_kernel.transformers.functional", "liger_kernel.ops",
+             "liger_kernel.ops.fused_linear_cross_entropy")
+    modules = {name: types.ModuleType(name) for name in names}
+    for name, module in modules.items():
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        monkeypatch.setitem(sys.modules, name, module)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(modules[parent], child, module)
+    modules["liger_kernel.transformers.model.llama"].lce_forward = lambda self, **kwargs: given.append(kwargs)
+    modules["liger_kernel.transformers.functional"].liger_fused_linear_cross_entropy = (
+        lambda input, weight, target, reduction="mean", chunk_mem_const=1: None)
+    modules["liger_kernel.ops.fused_linear_cross_entropy"].LigerFusedLinearCrossEntropyFunction = type(
+        "LigerFusedLinearCrossEntropyFunction", (), {"supports_inner_impl_dispatch": True})
+    return types.SimpleNamespace(given=given, functional=modules["liger_kernel.transformers.functional"])
+
+
+@pytest.mark.parametrize("larger", [False, True])
+def test_larger_loss_chunks_reach_liger_and_the_note(loaded, fake_liger, larger):
+    """Liger's default chunks are 64 tokens for a 896-wide model under a 152k vocabulary; the
+    opt-in switch hands its loss a 16x budget, through its forward's keyword arguments."""
+    model, recipe = loaded
+    if model.config.model_type != "llama":
+        pytest.skip("the stand-in is Liger's llama forward")
+    policy = dataclasses.replace(CUDA, varlen_attention=False, fused_norms=False, compile_layers=False,
+                                 larger_loss_chunks=larger)
+    [note] = speed_up(model, recipe, policy, flattened=True)
+    assert note.startswith("loss: LM head and cross-entropy fused (Liger Kernel)")
+    assert note.endswith(", in chunks of up to 16x the hidden states' size") is larger
+    model(input_ids=torch.tensor([[1, 2]]), labels=torch.tensor([[1, 2]]))
+    assert fake_liger.given == [{"input_ids": fake_liger.given[0]["input_ids"], "labels": fake_liger.given[0]["labels"]}
+                                | ({"chunk_mem_const": 16} if larger else {})]
+
+
+def test_a_liger_that_takes_no_chunk_size_keeps_its_own_and_says_so(loaded, fake_liger):
+    """An older liger-kernel would drop chunk_mem_const without a word: then nothing is passed
+    and the note says the chunks are Liger's own."""
+    model, recipe = loaded
+    if model.config.model_type != "llama":
+        pytest.skip("the stand-in is Liger's llama forward")
+    fake_liger.functional.liger_fused_linear_cross_entropy = lambda input, weight, target, reduction="mean": None
+    policy = dataclasses.replace(CUDA, varlen_attention=False, fused_norms=False, compile_layers=False,
+                                 larger_loss_chunks=True)
+    [note] = speed_up(model, recipe, policy, flattened=True)
+    assert note.endswith("the logits never held whole (in Liger's own chunks: this liger-kernel cannot be given "
+                         "larger ones)")
+    model(input_ids=torch.tensor([[1, 2]]))
+    assert "chunk_mem_const" not in fake_liger.given[0]
