@@ -129,15 +129,20 @@ def test_a_profile_counts_time_two_kernels_overlap_once():
 
 
 def test_a_gpu_profile_says_how_busy_the_gpu_was_and_how_long_the_host_waited_for_it():
-    """What a profile of a CPU-bound step must show (the kernels of a GPU run, stood in for)."""
+    """What a profile of a CPU-bound step must show (the kernels of a GPU run, stood in for).
+    The ranges that code marks on the GPU's timeline (DDP's forward, nccl:all_reduce) are
+    not kernels: counted, they made a 2-process profile's GPU look busy while it was idle."""
     from types import SimpleNamespace
 
     from torch.autograd import DeviceType
 
-    def event(name, device, start, end):  # microseconds, as torch.profiler's events
-        return SimpleNamespace(name=name, device_type=device, time_range=SimpleNamespace(start=start, end=end))
+    def event(name, device, start, end, annotation=False):  # microseconds, as torch.profiler's events
+        return SimpleNamespace(name=name, device_type=device, time_range=SimpleNamespace(start=start, end=end),
+                               is_user_annotation=annotation)
 
-    events = [event("gemm", DeviceType.CUDA, 0, 1000), event("ncclDevKernel_AllReduce", DeviceType.CUDA, 500, 3000),
+    events = [event("DistributedDataParallel.forward", DeviceType.CUDA, 0, 9000, annotation=True),
+              event("nccl:all_reduce", DeviceType.CUDA, 500, 9000, annotation=True),
+              event("gemm", DeviceType.CUDA, 0, 1000), event("ncclDevKernel_AllReduce", DeviceType.CUDA, 500, 3000),
               event("cudaStreamSynchronize", DeviceType.CPU, 3000, 5000), event("cudaLaunchKernel", DeviceType.CPU, 0, 5),
               event("cudaLaunchKernel", DeviceType.CPU, 6, 9)]
     tables = SimpleNamespace(table=lambda sort_by, **_: f"[table by {sort_by}]")
