@@ -115,6 +115,7 @@ def _compile_layers(model: Any, backend: Any = "inductor") -> str:
 
     decoder = getattr(model, model.base_model_prefix, model)
     eager_forwards = [(layer, layer.forward) for layer in decoder.layers]
+    functorch_config, dynamo_config = torch._functorch.config, torch._dynamo.config
 
     def compiled_or_eager(eager: Any) -> Any:
         # Inductor otherwise keeps fused intermediates in float32 where eager rounds them to
@@ -123,11 +124,16 @@ def _compile_layers(model: Any, backend: Any = "inductor") -> str:
         compiled = torch.compile(eager, dynamic=True, backend=backend, options=options)
 
         def forward(*args: Any, **kwargs: Any) -> Any:
+            # Settings for any compile this call starts, set and restored by hand (config.patch
+            # took 62 us a call on a 2-core CPU, both set by hand 19 us): the backward graph is compiled now too, not
+            # lazily in loss.backward() where no fallback could catch its failure; and under DDP
+            # each layer stays one graph, where dynamo's DDPOptimizer would split it at DDP's
+            # bucket boundaries (made for a model compiled whole; two graphs a layer for
+            # Qwen2.5-0.5B, more launches and less fusion)
+            saved = functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp
+            functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp = True, False
             try:
-                # the backward graph is compiled now too, not lazily in loss.backward() where no
-                # fallback could catch its failure
-                with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
-                    return compiled(*args, **kwargs)
+                return compiled(*args, **kwargs)
             except torch._dynamo.exc.TorchDynamoException as exc:
                 for layer, its_forward in eager_forwards:  # the layers share one graph: none would compile
                     layer.forward = its_forward
@@ -136,6 +142,8 @@ def _compile_layers(model: Any, backend: Any = "inductor") -> str:
                       f"(the same loss, without the speed-up): {type(exc).__name__}: {reason}",
                       file=sys.stderr, flush=True)
                 return eager(*args, **kwargs)
+            finally:
+                functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp = saved
 
         return forward
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from portaft.errors import UserError
 from portaft.recipe import Recipe
@@ -54,7 +54,7 @@ class DevicePolicy:
     # forward; unpadded generation only): True, False, or "several_processes" (only when torchrun
     # started several: measured faster there, not with one process; docs/performance.md)
     varlen_attention: bool = False
-    varlen_without_masks: bool | str = False
+    varlen_without_masks: bool | Literal["several_processes"] = False
     # ... and batches whose samples all have one length (full 4k sequences) take cuDNN's fused attention
     cudnn_attention: bool = False
     # Liger Kernel where installed (_liger.py): the LM head fused with the cross-entropy,

@@ -200,6 +200,53 @@ def test_a_compile_that_fails_leaves_the_layers_uncompiled_with_a_warning(tiny_m
     assert capsys.readouterr().err == ""
 
 
+def test_compiled_layers_stay_whole_under_ddp(tmp_path):
+    """Inside DDP's forward, dynamo's DDPOptimizer would split each compiled layer at DDP's
+    bucket boundaries (its first bucket is 1 MiB: every Qwen2.5-0.5B layer became two graphs
+    forward and backward under --nproc 2, steps/10-.../profiles-with-masks), which only helps
+    a whole model compiled as one graph. Each layer is one graph here, so it stays whole."""
+    import torch.distributed as dist
+
+    from portaft.backends._speed_ups import _compile_layers
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.up, self.down = torch.nn.Linear(512, 512), torch.nn.Linear(512, 512)  # 1 MiB each
+
+        def forward(self, x):
+            return self.down(torch.relu(self.up(x)))
+
+    class Decoder(torch.nn.Module):
+        base_model_prefix = "decoder"
+
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.ModuleList([Layer(), Layer()])
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = layer(x)
+            return x
+
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(sum(1 for node in graph.graph.nodes if "linear" in str(node.target)))
+        return graph.forward
+
+    torch._dynamo.reset()
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        decoder = Decoder()
+        _compile_layers(decoder, backend=counting_backend)
+        model = torch.nn.parallel.DistributedDataParallel(decoder)
+        model(torch.randn(4, 512)).sum().backward()
+    finally:
+        dist.destroy_process_group()
+    assert graphs and all(linears == 2 for linears in graphs), graphs
+
+
 @pytest.fixture
 def fake_liger(monkeypatch):
     """Stand-ins for the pieces of liger-kernel 0.8.5 that portaft calls (the real one needs a
