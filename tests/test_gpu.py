@@ -150,50 +150,62 @@ def test_cuda_run_says_which_speed_ups_it_uses_and_learns(recipe_dict):
     assert sum(losses[-3:]) < sum(losses[:3])
 
 
-def test_compiled_layers_train_with_eager_numerics_on_cuda():
-    """compile_layers in bf16 with the varlen attention, through the cuda policy: with no
-    dropout, six AdamW steps give eager's losses. (This small model agreed even before
-    Inductor was told to round like eager; the 7B shape did not: steps/7-compile-eager-numerics.)"""
+def _adapter_training(config, batches, **policy) -> tuple[list[float], list[str]]:
+    """A bf16 Llama of `config` with LoRA (r=16, no dropout) through the cuda policy changed by
+    `policy`: the losses of one AdamW step per flattened batch, and the speed-up notes."""
     import dataclasses
     import types
 
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     from portaft.adapters import apply_lora, keep_inputs_in_compute_dtype
     from portaft.backends._speed_ups import speed_up
     from portaft.backends.cuda import CUDA
-    from portaft.data.packing import flattening_collator
     from portaft.recipe import LoraSection
+
+    recipe = types.SimpleNamespace(model=types.SimpleNamespace(attn_implementation="auto"), quantization=None, train={})
+    torch.manual_seed(0)
+    model = apply_lora(LlamaForCausalLM(config).to(torch.bfloat16).cuda(), LoraSection(r=16, alpha=32, dropout=0.0),
+                       False)
+    keep_inputs_in_compute_dtype(model)
+    notes = speed_up(model, recipe, dataclasses.replace(CUDA, **policy), flattened=True)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for batch in batches:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses, notes
+
+
+def _flattened_batches(count: int, vocab: int, prompt: int, seed: int) -> list[dict]:
+    """`count` flattened batches of four random samples (300-644 tokens), the first `prompt` untrained."""
+    from portaft.data.packing import flattening_collator
+
+    generator = torch.Generator().manual_seed(seed)
+    return [flattening_collator()([{"input_ids": ids, "labels": [-100] * prompt + ids[prompt:]} for ids in (
+        torch.randint(3, vocab, (n,), generator=generator).tolist() for n in (300, 517, 211, 644))])
+        for _ in range(count)]
+
+
+def test_compiled_layers_train_with_eager_numerics_on_cuda():
+    """compile_layers in bf16 with the varlen attention, through the cuda policy: with no
+    dropout, six AdamW steps give eager's losses. (This small model agreed even before
+    Inductor was told to round like eager; the 7B shape did not: steps/7-compile-eager-numerics.)"""
+    from transformers import LlamaConfig
 
     config = LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
                          num_key_value_heads=8, vocab_size=2000, max_position_embeddings=2048, use_cache=False)
-    generator = torch.Generator().manual_seed(1)
-    batches = []
-    for _ in range(6):
-        samples = [torch.randint(3, 2000, (n,), generator=generator).tolist() for n in (300, 517, 211, 644)]
-        batches.append(flattening_collator()([{"input_ids": ids, "labels": [-100] * 20 + ids[20:]} for ids in samples]))
-    recipe = types.SimpleNamespace(model=types.SimpleNamespace(attn_implementation="auto"), quantization=None, train={})
-
-    def losses(compile_layers: bool) -> list[float]:
-        torch.manual_seed(0)
-        model = apply_lora(LlamaForCausalLM(config).to(torch.bfloat16).cuda(),
-                           LoraSection(r=16, alpha=32, dropout=0.0), False)
-        keep_inputs_in_compute_dtype(model)
-        notes = speed_up(model, recipe, dataclasses.replace(CUDA, compile_layers=compile_layers), flattened=True)
+    batches = _flattened_batches(6, 2000, prompt=20, seed=1)
+    runs = {}
+    for compile_layers in (True, False):
+        runs[compile_layers], notes = _adapter_training(config, batches, compile_layers=compile_layers)
         assert any(n.startswith("kernels: each of the 4 decoder layers compiled") for n in notes) == compile_layers
-        model.train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        result = []
-        for batch in batches:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.append(loss.item())
-        return result
-
-    assert losses(compile_layers=True) == pytest.approx(losses(compile_layers=False), rel=1e-4)
+    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is None, reason="needs liger-kernel (portaft[cuda])")
@@ -201,41 +213,13 @@ def test_larger_loss_chunks_give_the_same_losses_through_compiled_layers():
     """larger_loss_chunks: Liger's loss in 128-token chunks instead of 8 for this narrow model
     under a wide vocabulary (the shape of Qwen2.5-0.5B's problem); its chunk_mem_const also
     travels through the compiled layers' keyword arguments. Four AdamW steps, no dropout."""
-    import dataclasses
-    import types
-
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from portaft.adapters import apply_lora, keep_inputs_in_compute_dtype
-    from portaft.backends._speed_ups import speed_up
-    from portaft.backends.cuda import CUDA
-    from portaft.data.packing import flattening_collator
-    from portaft.recipe import LoraSection
+    from transformers import LlamaConfig
 
     config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, use_cache=False)
-    generator = torch.Generator().manual_seed(2)
-    batches = [flattening_collator()([{"input_ids": ids, "labels": [-100] * 10 + ids[10:]} for ids in (
-        torch.randint(3, 32000, (n,), generator=generator).tolist() for n in (300, 517, 211, 644))]) for _ in range(4)]
-    recipe = types.SimpleNamespace(model=types.SimpleNamespace(attn_implementation="auto"), quantization=None, train={})
-
-    def losses(larger: bool) -> list[float]:
-        torch.manual_seed(0)
-        model = apply_lora(LlamaForCausalLM(config).to(torch.bfloat16).cuda(),
-                           LoraSection(r=16, alpha=32, dropout=0.0), False)
-        keep_inputs_in_compute_dtype(model)
-        notes = speed_up(model, recipe, dataclasses.replace(CUDA, larger_loss_chunks=larger), flattened=True)
+    batches = _flattened_batches(4, 32000, prompt=10, seed=2)
+    runs = {}
+    for larger in (True, False):
+        runs[larger], notes = _adapter_training(config, batches, larger_loss_chunks=larger)
         assert any(n.endswith("in chunks of up to 16x the hidden states' size") for n in notes) == larger
-        model.train()
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        result = []
-        for batch in batches:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = model(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()}).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.append(loss.item())
-        return result
-
-    assert losses(larger=True) == pytest.approx(losses(larger=False), rel=1e-3)
+    assert runs[True] == pytest.approx(runs[False], rel=1e-3)
