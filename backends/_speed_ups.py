@@ -112,10 +112,11 @@ def _compile_layers(model: Any, backend: Any = "inductor") -> str:
     """torch.compile each decoder layer; if a compile fails, every layer runs as it is from then on,
     with a warning, instead of the run stopping in its first step."""
     import torch
+    import torch._dynamo.config as dynamo_config
+    import torch._functorch.config as functorch_config
 
     decoder = getattr(model, model.base_model_prefix, model)
     eager_forwards = [(layer, layer.forward) for layer in decoder.layers]
-    functorch_config, dynamo_config = torch._functorch.config, torch._dynamo.config
 
     def compiled_or_eager(eager: Any) -> Any:
         # Inductor otherwise keeps fused intermediates in float32 where eager rounds them to

@@ -200,12 +200,16 @@ def test_a_compile_that_fails_leaves_the_layers_uncompiled_with_a_warning(tiny_m
     assert capsys.readouterr().err == ""
 
 
-def test_compiled_layers_stay_whole_under_ddp(tmp_path):
+def test_compiled_layers_stay_whole_under_ddp(monkeypatch):
     """Inside DDP's forward, dynamo's DDPOptimizer would split each compiled layer at DDP's
     bucket boundaries (its first bucket is 1 MiB: every Qwen2.5-0.5B layer became two graphs
     forward and backward under --nproc 2, steps/10-.../profiles-with-masks), which only helps
-    a whole model compiled as one graph. Each layer is one graph here, so it stays whole."""
-    import torch.distributed as dist
+    a whole model compiled as one graph. Each layer is one graph here, so it stays whole.
+    DDP's forward is stood in for by what dynamo asks of it (the active DDP module and its
+    bucket size): a real one under gloo hung in its process group's destructor."""
+    import types
+
+    from torch.nn.parallel import DistributedDataParallel
 
     from portaft.backends._speed_ups import _compile_layers
 
@@ -236,14 +240,11 @@ def test_compiled_layers_stay_whole_under_ddp(tmp_path):
         return graph.forward
 
     torch._dynamo.reset()
-    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
-    try:
-        decoder = Decoder()
-        _compile_layers(decoder, backend=counting_backend)
-        model = torch.nn.parallel.DistributedDataParallel(decoder)
-        model(torch.randn(4, 512)).sum().backward()
-    finally:
-        dist.destroy_process_group()
+    decoder = Decoder()
+    _compile_layers(decoder, backend=counting_backend)
+    monkeypatch.setattr(DistributedDataParallel, "_active_ddp_module",
+                        types.SimpleNamespace(bucket_bytes_cap=25 * 1024 * 1024))
+    decoder(torch.randn(4, 512)).sum().backward()
     assert graphs and all(linears == 2 for linears in graphs), graphs
 
 
