@@ -85,7 +85,8 @@ def _liger_kernels(model: Any, loss: bool, norms: bool, larger_chunks: bool = Fa
 
     notes = []
     reason = _liger.unusable_reason(model)
-    fuse_loss, fused = _liger.fuse_loss, "loss: LM head and cross-entropy fused (Liger Kernel), the logits never held whole"
+    fuse_loss = _liger.fuse_loss
+    fused = "loss: LM head and cross-entropy fused (Liger Kernel), the logits never held whole"
     if loss and larger_chunks and reason is None:
         if _liger.takes_chunk_mem_const():
             fuse_loss = functools.partial(_liger.fuse_loss, chunk_mem_const=_liger.LARGER_CHUNKS)
@@ -126,11 +127,11 @@ def _compile_layers(model: Any, backend: Any = "inductor") -> str:
 
         def forward(*args: Any, **kwargs: Any) -> Any:
             # Settings for any compile this call starts, set and restored by hand (config.patch
-            # took 62 us a call on a 2-core CPU, both set by hand 19 us): the backward graph is compiled now too, not
-            # lazily in loss.backward() where no fallback could catch its failure; and under DDP
-            # each layer stays one graph, where dynamo's DDPOptimizer would split it at DDP's
-            # bucket boundaries (made for a model compiled whole; two graphs a layer for
-            # Qwen2.5-0.5B, more launches and less fusion)
+            # took 62 us a call on a 2-core CPU, both set by hand 19 us): the backward graph is
+            # compiled now too, not lazily in loss.backward() where no fallback could catch its
+            # failure; and under DDP each layer stays one graph, where dynamo's DDPOptimizer
+            # would split it at DDP's bucket boundaries (made for a model compiled whole; two
+            # graphs a layer for Qwen2.5-0.5B, more launches and less fusion)
             saved = functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp
             functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp = True, False
             try:
