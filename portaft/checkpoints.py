@@ -218,17 +218,21 @@ class CompleteCheckpoints(TrainerCallback):
 
 
 class LossWatch(TrainerCallback):
-    """Stop at the first optimizer step whose loss is NaN or infinite, before that step
-    can be saved: the last checkpoint written stays the last good one.
+    """Stop a run whose loss became NaN or infinite before any step from then on is saved:
+    the last checkpoint written stays the last good one.
 
     The Trainer's `training_step` is wrapped on the instance (any backend's Trainer class
-    keeps its code) to see every micro-batch's loss; the check costs one device sync per
-    optimizer step."""
+    keeps its code) to see every micro-batch's loss. Reading it waits for the device, so
+    it is read only at a step that logs, saves, evaluates or ends the run, where the Trainer
+    waits anyway: the steps between queue up on the device without a sync. The step named
+    in the message is the first bad one, kept on the device until then."""
 
     def __init__(self) -> None:
         self.bad_step: int | None = None
         self.bad_value: float | None = None
-        self._worst: Any = None
+        self._worst: Any = None  # since the last read: the first non-finite loss, else the latest
+        self._bad_at: Any = None  # ... and the step it came from (-1: all finite)
+        self._state: Any = None
 
     def watch(self, trainer: Any) -> None:
         original = trainer.training_step
@@ -236,33 +240,48 @@ class LossWatch(TrainerCallback):
         def training_step(*args: Any, **kwargs: Any) -> Any:
             loss = original(*args, **kwargs)
             if self.bad_step is None:
-                self._worst = self._remember(loss)
+                self._remember(loss, trainer.state.global_step + 1)
             return loss
 
         trainer.training_step = training_step
 
-    def _remember(self, loss: Any) -> Any:
-        """The first non-finite loss of this step, else the latest: a device tensor, no sync."""
+    def _remember(self, loss: Any, step: int) -> None:
+        """Device tensors only, no sync."""
         import torch
 
         value = loss.detach().float().sum()
+        at = torch.where(torch.isfinite(value), -1.0, float(step))
         if self._worst is None:
-            return value
-        return torch.where(torch.isfinite(self._worst), value, self._worst)
+            self._worst, self._bad_at = value, at
+            return
+        earlier = self._bad_at >= 0
+        self._worst = torch.where(earlier, self._worst, value)
+        self._bad_at = torch.where(earlier, self._bad_at, at)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self._worst is None or self.bad_step is not None:
-            return
-        value = float(self._worst)
-        self._worst = None
-        if value != value or value in (float("inf"), float("-inf")):
-            self.bad_step, self.bad_value = state.global_step, value
-            control.should_save = False  # this step's weights are not good
-            control.should_training_stop = True
+        ends = state.max_steps > 0 and state.global_step >= state.max_steps
+        if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop or ends:
+            self._read(state, control)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._read(state, control)  # save_strategy: epoch would save here
+
+    def _read(self, state: Any, control: Any) -> None:
+        if self._worst is not None and self.bad_step is None:
+            value, at = (float(x) for x in torch_stack(self._worst, self._bad_at))
+            self._worst = self._bad_at = None
+            if at >= 0:
+                self.bad_step, self.bad_value = int(at), value
         if self.bad_step is not None:
-            control.should_save = False  # save_strategy: epoch would save the bad weights here
+            control.should_save = False  # the weights are not good since bad_step
+            control.should_training_stop = True
+
+
+def torch_stack(*scalars: Any) -> list:
+    """Device scalars to Python numbers in one sync."""
+    import torch
+
+    return torch.stack(scalars).tolist()
 
 
 class TrainingDiverged(UserError):

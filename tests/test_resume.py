@@ -156,3 +156,43 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(recipe_dict
     good = load_file(str(out / f"checkpoint-{bad - 1}" / "adapter_model.safetensors"))
     assert all(torch.isfinite(t).all() for t in good.values())
     assert not (out / "adapter_model.safetensors").exists() and not (out / "portaft_run.json").exists()
+
+
+def test_a_nan_loss_between_saves_is_reported_at_its_own_step_and_nothing_after_it_is_saved(
+        recipe_dict, tmp_path, write_recipe, capsys):
+    """The loss is read when a step logs or saves, not every step (a read waits for the GPU):
+    the NaN of step 2 is found at step 3's save, which is not written, and named as step 2."""
+    recipe = _recipe(recipe_dict, tmp_path, "nan-late")
+    recipe["train"].update(save_steps=3, logging_steps=100, learning_rate=1e30, max_grad_norm=0.0)
+    code = main(["run", str(write_recipe(recipe)), "--backend", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 4 and "Traceback" not in err
+    assert "at step 2;" in err and "training stopped" in err
+    assert not list((tmp_path / "nan-late").glob("checkpoint-*"))
+
+
+def test_the_loss_watch_reads_the_loss_only_when_the_trainer_logs_saves_or_stops():
+    from types import SimpleNamespace
+
+    from portaft.checkpoints import LossWatch
+
+    losses = iter([torch.tensor(1.0), torch.tensor(float("nan")), torch.tensor(2.0), torch.tensor(float("inf"))])
+    trainer = SimpleNamespace(state=SimpleNamespace(global_step=0, max_steps=10), training_step=lambda: next(losses))
+    watch = LossWatch()
+    watch.watch(trainer)
+
+    def step(**flags):
+        trainer.training_step()
+        trainer.state.global_step += 1
+        control = SimpleNamespace(**{**dict.fromkeys(("should_log", "should_save", "should_evaluate",
+                                                      "should_training_stop"), False), **flags})
+        watch.on_step_end(None, trainer.state, control)
+        return control
+
+    step()
+    control = step()  # the NaN: nothing logs or saves here, so nothing is read
+    assert watch.bad_step is None and not control.should_training_stop
+    step()
+    control = step(should_save=True)  # read here: the first bad step, not this one
+    assert (watch.bad_step, control.should_save, control.should_training_stop) == (2, False, True)
+    assert watch.bad_value != watch.bad_value  # NaN, the first bad loss, not the later inf
