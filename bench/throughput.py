@@ -69,6 +69,7 @@ SCALE = {"tiny": 8}
 SEED_BATCH, SEED_ACCUMULATION = 2, 8  # the seed tutorial's
 LORA = {"r": 64, "alpha": 128, "dropout": 0.05, "target_modules": "all-linear"}
 LEARNING_RATE = 1e-4
+FIRST_LOSSES = 3  # the first steps whose losses must agree between the paths (same data, same initial weights)
 SEED = 42  # TrainingArguments' default, also what portaft uses when the recipe sets none
 SPEC_PEAK = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12}  # dense bf16, NVIDIA's data sheets
 
@@ -126,7 +127,7 @@ def drive(args: argparse.Namespace) -> Path:
     batches = {"seed": SEED_BATCH, "tuned": batch, "portaft": args.portaft_batch or batch}
     config = {"shape": args.shape, "lengths": args.lengths, "max_length": MAX_LENGTH[args.lengths] // scale,
               "steps": args.steps, "seed_steps": args.seed_steps or args.steps, "warmup": args.warmup,
-              "work": str(work), "portaft_without": args.portaft_without, "portaft_with": args.portaft_with, "nproc": args.nproc,
+              "logging_steps": args.logging_steps, "work": str(work), "portaft_without": args.portaft_without, "portaft_with": args.portaft_with, "nproc": args.nproc,
               "profile": str(out / f"profile-{name}") if args.profile else None,
               "lora": LORA if args.lora_dropout is None else LORA | {"dropout": args.lora_dropout}}
     if min(config["steps"], config["seed_steps"]) <= args.warmup:
@@ -172,7 +173,7 @@ def drive(args: argparse.Namespace) -> Path:
         record = {"benchmark": "throughput", "shape": args.shape, "lengths": args.lengths,
                   "date": datetime.date.today().isoformat(), "device": prepared["device"], "gpu": prepared["gpu"],
                   "matmul_peak_tflops": prepared["matmul_peak_tflops"], "nproc": args.nproc,
-                  "settings": {k: config[k] for k in ("max_length", "steps", "seed_steps", "warmup")}
+                  "settings": {k: config[k] for k in ("max_length", "steps", "seed_steps", "warmup", "logging_steps")}
                   | {"rounds": first_round + args.rounds - 1, "lora": config["lora"]},
                   "recipe": portaft_recipe(config, batches["portaft"]),
                   "runs": kept + runs, "out_of_memory": kept_oom + out_of_memory}
@@ -218,7 +219,8 @@ def portaft_recipe(config: dict, batch: int) -> dict:
             "max_length": config["max_length"],
             "lora": config.get("lora", LORA),
             "train": {"output_dir": str(output_dir), "per_device_train_batch_size": batch,
-                      "learning_rate": LEARNING_RATE, "bf16": cuda, "max_steps": config["steps"], "logging_steps": 1,
+                      "learning_rate": LEARNING_RATE, "bf16": cuda, "max_steps": config["steps"],
+                      "logging_steps": config.get("logging_steps", 1),
                       "save_strategy": "no", "report_to": "none"}}
 
 
@@ -375,7 +377,7 @@ def _train_plain(config: dict, meter, cuda: bool, *, steps: int, batch: int, acc
     args = TrainingArguments(
         output_dir=str(Path.cwd() / "runs" / "plain"), per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation, gradient_checkpointing=checkpointing, bf16=cuda, use_cpu=not cuda,
-        learning_rate=LEARNING_RATE, max_steps=steps, logging_steps=1, save_strategy="no", report_to="none",
+        learning_rate=LEARNING_RATE, max_steps=steps, logging_steps=config.get("logging_steps", 1), save_strategy="no", report_to="none",
         remove_unused_columns=False, seed=SEED, **extra)
     data_collator = (DataCollatorWithFlattening() if flatten
                      else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
@@ -475,6 +477,8 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             self.begins.append(self.mark())
 
         def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step <= FIRST_LOSSES:  # logged whatever the recipe's logging_steps: paths compared by them
+                control.should_log = True
             self.ends.append(self.mark())
             self.steps.append(self.current)
             self.current = None
@@ -515,7 +519,7 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                     "peak_memory_gib": round(self.peak, 2) if cuda else None,
                     "step_tokens": [s[0] for s in per_step], "step_trained_tokens": [s[1] for s in per_step],
                     "step_samples": [s[2] for s in per_step], "micro_batches": [len(s) for s in self.steps],
-                    "first_losses": self.losses[:3], "losses": self.losses, "matmul_parameters": self.parameters,
+                    "first_losses": self.losses[:FIRST_LOSSES], "losses": self.losses, "matmul_parameters": self.parameters,
                     "attention": self.attention}
 
     return Meter()
@@ -548,6 +552,7 @@ def profile_report(profiler, warmup: int, wall_ms: float, cuda: bool) -> str:
         lines.append("host waiting for the GPU: " + (", ".join(
             f"{name} {count}x {total:.1f} ms" for name, (count, total) in sorted(waits.items())) or "never")
             + f"; kernel launches: {launches:,}")
+        lines += idle_gaps(kernels, [e for e in events if e.device_type == DeviceType.CPU])
     averages = profiler.key_averages()
     if cuda:
         lines += ["", "by device time:", averages.table(sort_by="self_device_time_total", row_limit=45,
@@ -555,6 +560,37 @@ def profile_report(profiler, warmup: int, wall_ms: float, cuda: bool) -> str:
     lines += ["", "by CPU time (the host's own work):", averages.table(sort_by="self_cpu_time_total", row_limit=30,
                                                                          max_name_column_width=70)]
     return "\n".join(lines) + "\n"
+
+
+def idle_gaps(kernels: list[tuple[float, float, str]], host: list, shown: int = 8) -> list[str]:
+    """Where the GPU had nothing to run: the gaps between its kernels, the largest ones with
+    the kernels around them and the host's outermost ops during them (what kept the queue
+    empty: a sync, the optimizer's launches, the next batch...). Microseconds in, ms out."""
+    segments: list[list] = []  # the union of the kernels' intervals, in order, with the kernels at its ends
+    for start, end, name in sorted(kernels):
+        if segments and start <= segments[-1][1]:
+            if end > segments[-1][1]:
+                segments[-1][1:3] = [end, name]
+        else:
+            segments.append([start, end, name, name])
+    gaps = [(after[0] - before[1], before, after) for before, after in zip(segments, segments[1:])]
+    if not gaps:
+        return []
+    origin = segments[0][0]
+    outermost = [e for e in host if getattr(e, "cpu_parent", None) is None]
+    lines = [f"GPU idle between its kernels: {sum(g[0] for g in gaps) / 1e3:.1f} ms in {len(gaps):,} gaps, "
+             f"{sum(g[0] for g in gaps if g[0] >= 1000) / 1e3:.1f} ms of it in gaps of 1 ms or more; the largest:"]
+    for length, before, after in sorted(gaps, key=lambda g: -g[0])[:shown]:
+        start, end = before[1], after[0]
+        during: dict[str, float] = {}
+        for event in outermost:
+            overlap = min(end, event.time_range.end) - max(start, event.time_range.start)
+            if overlap > 0:
+                during[event.name] = during.get(event.name, 0.0) + overlap
+        ops = ", ".join(f"{name} {time / 1e3:.1f} ms" for name, time in sorted(during.items(), key=lambda i: -i[1])[:4])
+        lines.append(f"  {length / 1e3:.1f} ms at {(start - origin) / 1e3:.1f} ms: after {before[2][:60]}, "
+                     f"before {after[3][:60]}; host: {ops or 'no op recorded (Python)'}")
+    return lines
 
 
 def covered(intervals: list[tuple[float, float]]) -> float:
@@ -675,6 +711,8 @@ def markdown(records: list[dict]) -> str:
                         f"{data['truncated']} cut at {record['settings']['max_length']}; " if data else "")
                      + (f"LoRA dropout {lora['dropout']}; " if (lora := record["settings"].get("lora", LORA))
                         ["dropout"] != LORA["dropout"] else "")
+                     + (f"a log every {every} steps after the first {FIRST_LOSSES}; " if (
+                        every := record["settings"].get("logging_steps", 1)) > 1 else "")
                      + (f"MFU (spec) against {peak / 1e12:.0f} TFLOP/s dense bf16, " if peak else "")
                      + (f"MFU (matmul) against the {record['matmul_peak_tflops']} TFLOP/s a bf16 matmul reached "
                         "on this GPU; " if record.get("matmul_peak_tflops") else "")
@@ -746,6 +784,9 @@ def main() -> None:
                         help="add these rounds to OUT's earlier ones (a run split to fit a time limit)")
     parser.add_argument("--steps", type=int, default=30, help="optimizer steps of tuned and portaft")
     parser.add_argument("--seed-steps", type=int, help="optimizer steps of the (slow) seed path; default --steps")
+    parser.add_argument("--logging-steps", type=int, default=1,
+                        help="every path's logging_steps (a log reads the loss: one device sync); the first "
+                             f"{FIRST_LOSSES} steps always log, their losses are compared between the paths")
     parser.add_argument("--warmup", type=int, default=5, help="first optimizer steps left out of the measurement")
     parser.add_argument("--batch", type=int, help="tuned and portaft per-device batch (default per shape)")
     parser.add_argument("--portaft-batch", type=int, help="portaft's recipe batch, when it must differ (memory)")

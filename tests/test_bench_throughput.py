@@ -13,7 +13,7 @@ import pytest
 from portaft.data.packing import packing_supported
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS, SEED_STEPS, WARMUP, SAMPLES = 2, 2, 1, 16
+STEPS, SEED_STEPS, WARMUP, SAMPLES, LOGGING_STEPS = 4, 2, 1, 16, 10
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,8 @@ def smoke_run(tmp_path_factory):
     out, work = tmp_path_factory.mktemp("results"), tmp_path_factory.mktemp("work")
     subprocess.run([sys.executable, str(REPO / "bench" / "throughput.py"), "--shape", "tiny", "--lengths", "sft",
                     "--paths", "seed,tuned,portaft", "--rounds", "1", "--steps", str(STEPS), "--seed-steps",
-                    str(SEED_STEPS), "--warmup", str(WARMUP), "--samples", str(SAMPLES), "--out", str(out),
+                    str(SEED_STEPS), "--warmup", str(WARMUP), "--samples", str(SAMPLES), "--logging-steps", str(LOGGING_STEPS),
+                    "--out", str(out),
                     "--work", str(work)], check=True, capture_output=True, timeout=600)
     return out, json.loads((out / "throughput-tiny-sft.json").read_text(encoding="utf-8"))
 
@@ -41,7 +42,9 @@ def test_every_path_trains_and_is_measured_or_says_why_not(smoke_run):
             continue
         assert "error" not in run and "skipped" not in run, run
         assert run["tokens"] > 0 and run["tokens_per_second"] > 0 and run["measured_steps"] == run["steps"] - WARMUP
-        assert len(run["first_losses"]) == min(3, run["steps"]) and len(run["losses"]) == run["steps"]
+        # the first 3 steps log whatever logging_steps says (their losses are compared), then every 10th
+        assert len(run["first_losses"]) == min(3, run["steps"]), run["losses"]
+        assert len(run["losses"]) <= min(3, run["steps"]) + 1, run["losses"]
 
 
 @pytest.mark.slow
@@ -152,6 +155,28 @@ def test_a_gpu_profile_says_how_busy_the_gpu_was_and_how_long_the_host_waited_fo
                           "GPU busy 3.0 ms (30%), of which collectives 2.5 ms",
                           "host waiting for the GPU: cudaStreamSynchronize 1x 2.0 ms; kernel launches: 2"]
     assert "[table by self_device_time_total]" in report and "[table by self_cpu_time_total]" in report
+
+
+
+def test_a_gpu_profile_shows_where_the_gpu_ran_dry_and_what_the_host_did_meanwhile():
+    """The gaps between kernels, largest first, with the kernels around each and the host's
+    outermost ops during it: a sync after the backward pass, then the optimizer's launches."""
+    from types import SimpleNamespace
+
+    def op(name, start, end, parent=None):  # microseconds
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end), cpu_parent=parent)
+
+    kernels = [(0, 1000, "gemm"), (500, 4000, "backward"), (4000, 4100, "norm"),
+               (9100, 9200, "adam"), (9500, 12000, "embedding")]
+    item = op("aten::item", 3000, 4150)
+    host = [item, op("cudaStreamSynchronize", 3010, 4140, parent=item), op("Optimizer.step#AdamW.step", 8000, 9150),
+            op("aten::to", 9300, 9400)]
+    lines = load_benchmark().idle_gaps(kernels, host)
+    assert lines == ["GPU idle between its kernels: 5.3 ms in 2 gaps, 5.0 ms of it in gaps of 1 ms or more; the largest:",
+                     "  5.0 ms at 4.1 ms: after norm, before adam; host: Optimizer.step#AdamW.step 1.1 ms, "
+                     "aten::item 0.1 ms",
+                     "  0.3 ms at 9.2 ms: after adam, before embedding; host: aten::to 0.1 ms"]
+    assert load_benchmark().idle_gaps([(0, 10, "gemm")], host) == []
 
 
 @pytest.mark.slow
