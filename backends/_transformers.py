@@ -61,11 +61,16 @@ class DevicePolicy:
     # and RMSNorm and the SwiGLU activation as single kernels
     fused_loss: bool = False
     # ... in chunks of up to 16x the hidden states' size instead of Liger's 1x (fewer, larger
-    # matmuls for small models with large vocabularies; not yet measured, so off)
+    # matmuls: +7.6% on the 7B shape at 4k, +14-25% on 2 GPUs with Qwen2.5-0.5B; docs/performance.md)
     larger_loss_chunks: bool = False
     fused_norms: bool = False
     # each LoRA layer's update added inside one matmul (adapters.fuse_lora_updates)
     fused_lora: bool = False
+    # the host queues the next step while the GPU still runs this one: no device sync between
+    # optimizer steps that log nothing (TrainingArguments defaults that wait for the GPU, changed
+    # where the recipe leaves them unset). No faster on the 7B shape at 4k, where the GPU is busy
+    # 92% of a step anyway; on for cuda since its measured numbers (docs/performance.md) were taken with it
+    queue_ahead: bool = False
     # torch.compile each decoder layer (fuses the element-wise work around the matmuls;
     # Inductor's own norms replace Liger's, which dynamo cannot trace)
     compile_layers: bool = False
@@ -73,6 +78,21 @@ class DevicePolicy:
 
 # `device: cpu`: any backend's library code, on the CPU, in float32
 ON_CPU = DevicePolicy(unavailable_reason=lambda: None, supports_bf16=lambda: False, supports_fp16=False, use_cpu=True)
+
+
+def _queue_ahead(train: dict) -> list[str]:
+    """TrainingArguments defaults that make the host wait for the GPU every micro-batch, changed
+    where the recipe leaves them unset: the queue then never runs dry between steps."""
+    notes = []
+    if "logging_nan_inf_filter" not in train:
+        train["logging_nan_inf_filter"] = False
+        notes.append("train.logging_nan_inf_filter: unset -> false (its check of every micro-batch's loss waits for "
+                     "the GPU; portaft stops a run whose loss becomes NaN or infinite, before that step is saved)")
+    if "accelerator_config" not in train and train.get("dataloader_pin_memory", True):
+        train["accelerator_config"] = {"non_blocking": True}
+        notes.append("train.accelerator_config: unset -> {non_blocking: true} (each batch is copied from pinned "
+                     "memory without waiting for the GPU to finish the step before)")
+    return notes
 
 
 @dataclass
@@ -145,6 +165,8 @@ class TransformersBackend:
             train["optim"] = policy.fused_adamw or "adamw_torch"
             notes.append(f"train.optim: {optim} -> {train['optim']} "
                          f"({'its fused AdamW' if policy.fused_adamw else 'no fused AdamW'} on {self.name})")
+        if policy.queue_ahead:
+            notes += _queue_ahead(train)
         if policy.use_cpu and not train.get("use_cpu"):
             train["use_cpu"] = True
             notes.append("train.use_cpu: true (training stays on the CPU, never on an accelerator)")

@@ -38,7 +38,8 @@ def _cannot_quantize() -> str | None:
 CUDA = DevicePolicy(unavailable_reason=_unavailable_reason, supports_bf16=_supports_bf16, supports_fp16=True,
                     use_cpu=False, has_flash_attention=_has_flash_attention, cannot_quantize=_cannot_quantize,
                     padding_free=True, varlen_attention=True, varlen_without_masks="several_processes",
-                    cudnn_attention=True, fused_loss=True, fused_norms=True, compile_layers=True)
+                    cudnn_attention=True, fused_loss=True, larger_loss_chunks=True, fused_norms=True,
+                    compile_layers=True, queue_ahead=True)
 
 
 @hookimpl

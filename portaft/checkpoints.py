@@ -40,7 +40,7 @@ NOT_TRAINING = {
     "train.save_total_limit", "train.save_only_model", "train.save_safetensors", "train.report_to",
     "train.run_name", "train.disable_tqdm", "train.dataloader_num_workers", "train.dataloader_pin_memory",
     "train.dataloader_persistent_workers", "train.dataloader_prefetch_factor", "train.push_to_hub",
-    "train.ddp_find_unused_parameters",
+    "train.ddp_find_unused_parameters", "train.accelerator_config.non_blocking",
 }
 
 
@@ -74,8 +74,10 @@ def _show(value: Any) -> str:
 
 
 def _not_training(path: tuple) -> bool:
-    """A top-level key (eval_prompts, with everything under it) or train.* key that may change."""
+    """A top-level key (eval_prompts, with everything under it), train.* key or one of its keys
+    (train.accelerator_config.non_blocking) that may change."""
     return (format_path(path[:1]) in NOT_TRAINING or format_path(path[:2]) in NOT_TRAINING
+            or format_path(path[:3]) in NOT_TRAINING
             or (path[0] == "train" and str(path[1]).startswith("hub_")))
 
 

@@ -158,6 +158,31 @@ def test_cuda_policy_prefers_bf16_and_falls_back_to_fp16(recipe_dict):
     assert recipe.train.get("bf16") is None  # the user's recipe itself is never modified
 
 
+def test_queue_ahead_changes_the_defaults_that_wait_for_the_gpu_unless_the_recipe_sets_them(recipe_dict):
+    """The queue_ahead switch (on for cuda): two TrainingArguments defaults that wait for the GPU
+    every micro-batch are changed, with a note each; a value the recipe sets is kept; the arguments
+    build (transformers reads them)."""
+    from transformers import TrainingArguments
+
+    from portaft.backends.cuda import CUDA
+    from portaft.backends._transformers import TransformersBackend
+
+    cuda = TransformersBackend("cuda", "cuda", 50, "nccl", CUDA)
+    effective, notes = cuda.resolve(load_recipe(recipe_dict))
+    assert effective.train["logging_nan_inf_filter"] is False
+    assert effective.train["accelerator_config"] == {"non_blocking": True}
+    assert sum(n.startswith(("train.logging_nan_inf_filter: unset -> false", "train.accelerator_config: unset"))
+               for n in notes) == 2
+    arguments = {**effective.train, "use_cpu": True, "bf16": False, "fp16": False}
+    assert TrainingArguments(**arguments).accelerator_config.non_blocking is True
+
+    written = {**recipe_dict["train"], "logging_nan_inf_filter": True, "dataloader_pin_memory": False}
+    effective, notes = cuda.resolve(load_recipe({**recipe_dict, "train": written}))
+    assert effective.train["logging_nan_inf_filter"] is True and "accelerator_config" not in effective.train
+    assert not any(n.startswith(("train.logging_nan_inf_filter", "train.accelerator_config")) for n in notes)
+    assert "logging_nan_inf_filter" not in get_backend("cpu").resolve(load_recipe(recipe_dict))[0].train
+
+
 def test_a_renamed_training_argument_is_accepted_and_renamed_with_a_note(recipe_dict):
     """evaluation_strategy (transformers < 4.41) and eval_strategy both work on every version."""
     import dataclasses

@@ -196,3 +196,18 @@ def test_the_loss_watch_reads_the_loss_only_when_the_trainer_logs_saves_or_stops
     control = step(should_save=True)  # read here: the first bad step, not this one
     assert (watch.bad_step, control.should_save, control.should_training_stop) == (2, False, True)
     assert watch.bad_value != watch.bad_value  # NaN, the first bad loss, not the later inf
+
+
+def test_copying_batches_without_waiting_is_not_a_difference_for_resume(recipe_dict):
+    """cuda's queue_ahead adds train.accelerator_config.non_blocking to the effective recipe:
+    a checkpoint written without it (or on another backend) still resumes; other accelerator
+    settings, which change the batches, still count."""
+    from portaft import load_recipe
+    from portaft.checkpoints import training_identity
+
+    def identity(accelerator):
+        train = {**recipe_dict["train"], **({"accelerator_config": accelerator} if accelerator else {})}
+        return training_identity(load_recipe({**recipe_dict, "train": train}))
+
+    assert identity({"non_blocking": True}) == identity(None)
+    assert identity({"non_blocking": True, "split_batches": True}) != identity(None)
