@@ -234,7 +234,6 @@ class LossWatch(TrainerCallback):
         self.bad_value: float | None = None
         self._worst: Any = None  # since the last read: the first non-finite loss, else the latest
         self._bad_at: Any = None  # ... and the step it came from (-1: all finite)
-        self._state: Any = None
 
     def watch(self, trainer: Any) -> None:
         original = trainer.training_step
@@ -263,27 +262,22 @@ class LossWatch(TrainerCallback):
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         ends = state.max_steps > 0 and state.global_step >= state.max_steps
         if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop or ends:
-            self._read(state, control)
+            self._read(control)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self._read(state, control)  # save_strategy: epoch would save here
+        self._read(control)  # save_strategy: epoch would save here
 
-    def _read(self, state: Any, control: Any) -> None:
+    def _read(self, control: Any) -> None:
         if self._worst is not None and self.bad_step is None:
-            value, at = (float(x) for x in torch_stack(self._worst, self._bad_at))
+            import torch
+
+            value, at = torch.stack([self._worst, self._bad_at]).tolist()  # one sync for both
             self._worst = self._bad_at = None
             if at >= 0:
                 self.bad_step, self.bad_value = int(at), value
         if self.bad_step is not None:
             control.should_save = False  # the weights are not good since bad_step
             control.should_training_stop = True
-
-
-def torch_stack(*scalars: Any) -> list:
-    """Device scalars to Python numbers in one sync."""
-    import torch
-
-    return torch.stack(scalars).tolist()
 
 
 class TrainingDiverged(UserError):
