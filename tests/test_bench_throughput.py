@@ -64,7 +64,8 @@ def test_token_counts_are_exactly_the_tokens_of_the_samples_that_ran(smoke_run):
         assert sum(run["step_tokens"]) == epochs * data["tokens"]
         assert sum(run["step_trained_tokens"]) == epochs * data["trained_tokens"]
         assert run["tokens"] == sum(run["step_tokens"][WARMUP:])  # warm-up steps are not measured
-        assert run["tokens_per_second"] == pytest.approx(run["tokens"] / run["seconds"], rel=1e-3)
+        # the file rounds tokens/s to 0.1: a slow CPU's few tokens/s are off by that much at most
+        assert run["tokens_per_second"] == pytest.approx(run["tokens"] / run["seconds"], rel=1e-3, abs=0.05)
 
 
 @pytest.mark.slow
