@@ -61,7 +61,7 @@ class DevicePolicy:
     # and RMSNorm and the SwiGLU activation as single kernels
     fused_loss: bool = False
     # ... in chunks of up to 16x the hidden states' size instead of Liger's 1x (fewer, larger
-    # matmuls: +7.6% on the 7B shape at 4k, +14-25% on 2 GPUs with Qwen2.5-0.5B; docs/performance.md)
+    # matmuls: +7.6% on the 7B shape at 4k, +22% on 2 GPUs with Qwen2.5-0.5B; docs/performance.md)
     larger_loss_chunks: bool = False
     fused_norms: bool = False
     # each LoRA layer's update added inside one matmul (adapters.fuse_lora_updates)

@@ -127,7 +127,8 @@ def drive(args: argparse.Namespace) -> Path:
     batches = {"seed": SEED_BATCH, "tuned": batch, "portaft": args.portaft_batch or batch}
     config = {"shape": args.shape, "lengths": args.lengths, "max_length": MAX_LENGTH[args.lengths] // scale,
               "steps": args.steps, "seed_steps": args.seed_steps or args.steps, "warmup": args.warmup,
-              "logging_steps": args.logging_steps, "work": str(work), "portaft_without": args.portaft_without, "portaft_with": args.portaft_with, "nproc": args.nproc,
+              "logging_steps": args.logging_steps, "work": str(work), "portaft_without": args.portaft_without,
+              "portaft_with": args.portaft_with, "nproc": args.nproc,
               "profile": str(out / f"profile-{name}") if args.profile else None,
               "lora": LORA if args.lora_dropout is None else LORA | {"dropout": args.lora_dropout}}
     if min(config["steps"], config["seed_steps"]) <= args.warmup:
@@ -377,8 +378,8 @@ def _train_plain(config: dict, meter, cuda: bool, *, steps: int, batch: int, acc
     args = TrainingArguments(
         output_dir=str(Path.cwd() / "runs" / "plain"), per_device_train_batch_size=batch,
         gradient_accumulation_steps=accumulation, gradient_checkpointing=checkpointing, bf16=cuda, use_cpu=not cuda,
-        learning_rate=LEARNING_RATE, max_steps=steps, logging_steps=config.get("logging_steps", 1), save_strategy="no", report_to="none",
-        remove_unused_columns=False, seed=SEED, **extra)
+        learning_rate=LEARNING_RATE, max_steps=steps, logging_steps=config.get("logging_steps", 1),
+        save_strategy="no", report_to="none", remove_unused_columns=False, seed=SEED, **extra)
     data_collator = (DataCollatorWithFlattening() if flatten
                      else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100))
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=data_collator, callbacks=[meter],
@@ -519,8 +520,8 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                     "peak_memory_gib": round(self.peak, 2) if cuda else None,
                     "step_tokens": [s[0] for s in per_step], "step_trained_tokens": [s[1] for s in per_step],
                     "step_samples": [s[2] for s in per_step], "micro_batches": [len(s) for s in self.steps],
-                    "first_losses": self.losses[:FIRST_LOSSES], "losses": self.losses, "matmul_parameters": self.parameters,
-                    "attention": self.attention}
+                    "first_losses": self.losses[:FIRST_LOSSES], "losses": self.losses,
+                    "matmul_parameters": self.parameters, "attention": self.attention}
 
     return Meter()
 

@@ -173,7 +173,8 @@ def test_a_gpu_profile_shows_where_the_gpu_ran_dry_and_what_the_host_did_meanwhi
     host = [item, op("cudaStreamSynchronize", 3010, 4140, parent=item), op("Optimizer.step#AdamW.step", 8000, 9150),
             op("aten::to", 9300, 9400)]
     lines = load_benchmark().idle_gaps(kernels, host)
-    assert lines == ["GPU idle between its kernels: 5.3 ms in 2 gaps, 5.0 ms of it in gaps of 1 ms or more; the largest:",
+    assert lines == ["GPU idle between its kernels: 5.3 ms in 2 gaps, 5.0 ms of it in gaps of 1 ms or more; "
+                     "the largest:",
                      "  5.0 ms at 4.1 ms: after norm, before adam; host: Optimizer.step#AdamW.step 1.1 ms, "
                      "aten::item 0.1 ms",
                      "  0.3 ms at 9.2 ms: after adam, before embedding; host: aten::to 0.1 ms"]
