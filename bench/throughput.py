@@ -567,13 +567,7 @@ def idle_gaps(kernels: list[tuple[float, float, str]], host: list, shown: int = 
     """Where the GPU had nothing to run: the gaps between its kernels, the largest ones with
     the kernels around them and the host's outermost ops during them (what kept the queue
     empty: a sync, the optimizer's launches, the next batch...). Microseconds in, ms out."""
-    segments: list[list] = []  # the union of the kernels' intervals, in order, with the kernels at its ends
-    for start, end, name in sorted(kernels):
-        if segments and start <= segments[-1][1]:
-            if end > segments[-1][1]:
-                segments[-1][1:3] = [end, name]
-        else:
-            segments.append([start, end, name, name])
+    segments = merged(kernels)
     gaps = [(after[0] - before[1], before, after) for before, after in zip(segments, segments[1:])]
     if not gaps:
         return []
@@ -594,14 +588,22 @@ def idle_gaps(kernels: list[tuple[float, float, str]], host: list, shown: int = 
     return lines
 
 
+def merged(intervals: list[tuple[float, float, str]]) -> list[list]:
+    """The union of named [start, end) intervals, in order: [start, end, the name of the
+    interval that ends it, the name of the one that starts it] per stretch without a gap."""
+    segments: list[list] = []
+    for start, end, name in sorted(intervals):
+        if segments and start <= segments[-1][1]:
+            if end > segments[-1][1]:
+                segments[-1][1:3] = [end, name]
+        else:
+            segments.append([start, end, name, name])
+    return segments
+
+
 def covered(intervals: list[tuple[float, float]]) -> float:
     """Length of the union of [start, end) intervals: time some kernel ran, overlaps once."""
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(intervals):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
+    return sum(end - start for start, end, *_ in merged([(start, end, "") for start, end in intervals]))
 
 
 def matmul_parameters(model) -> int:
