@@ -718,7 +718,11 @@ def markdown(records: list[dict]) -> str:
                         every := record["settings"].get("logging_steps", 1)) > 1 else "")
                      + (f"MFU (spec) against {peak / 1e12:.0f} TFLOP/s dense bf16, " if peak else "")
                      + (f"MFU (matmul) against the {record['matmul_peak_tflops']} TFLOP/s a bf16 matmul reached "
-                        "on this GPU; " if record.get("matmul_peak_tflops") else "")
+                        "on this GPU" + (" (the median of the merged files')" if record.get("merged_from") else "")
+                        + "; " if record.get("matmul_peak_tflops") else "")
+                     + (f"rounds merged from {len(merged)} runs of the benchmark ("
+                        + ", ".join(f"{m['rounds']} on {m['date']}" for m in merged) + "); "
+                        if (merged := record.get("merged_from")) else "")
                      + "versions: " + ", ".join(f"{k} {v}" for k, v in _versions(record).items()))
     return "\n".join(lines + scaling(records) + ["", "Runs:", ""] + notes) + "\n"
 
@@ -769,6 +773,44 @@ def _ratio(s: dict, other: dict | None) -> str:
     return f"{s['tokens_per_second'] / other['tokens_per_second']:.2f}"
 
 
+# what must agree for rounds of two records to be one table's rounds
+SAME_BENCHMARK = ("benchmark", "shape", "lengths", "device", "gpu", "nproc")
+SAME_SETTINGS = ("max_length", "steps", "seed_steps", "warmup", "logging_steps", "lora")
+
+
+def merge(files: list[Path], out: Path) -> Path:
+    """One record from rounds of one benchmark run apart (two GPUs of a machine at once, or a
+    later call when one would not fit a time limit): the runs of every file in the given order,
+    rounds renumbered, the summary computed again. The measured matmul peak is the median of
+    the files' (each process measured its own); every file's date and peak are kept."""
+    records = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    first = records[0]
+    for file, record in zip(files[1:], records[1:]):
+        differs = [k for k in SAME_BENCHMARK if record.get(k) != first.get(k)] + [
+            f"settings.{k}" for k in SAME_SETTINGS if record["settings"].get(k) != first["settings"].get(k)]
+        if differs:
+            raise SystemExit(f"--merge: {file} is not the same benchmark as {files[0]}: "
+                             f"{', '.join(differs)} differ; merge only rounds of one benchmark")
+    runs, rounds = [], 0
+    for record in records:
+        runs += [run | {"round": run["round"] + rounds} for run in record["runs"]]
+        rounds = max([rounds] + [run["round"] for run in runs])
+    peaks = [r["matmul_peak_tflops"] for r in records if r.get("matmul_peak_tflops")]
+    merged = first | {"date": max(r["date"] for r in records),
+                      "matmul_peak_tflops": statistics.median(peaks) if peaks else None,
+                      "settings": first["settings"] | {"rounds": rounds}, "runs": runs,
+                      "out_of_memory": [oom for r in records for oom in r.get("out_of_memory", [])],
+                      "merged_from": [{"file": f.name, "date": r["date"], "rounds": r["settings"]["rounds"],
+                                       "matmul_peak_tflops": r.get("matmul_peak_tflops")}
+                                      for f, r in zip(files, records)]}
+    merged["summary"] = summarise_runs(merged)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{first['shape']}-{first['lengths']}" + (f"-{first['nproc']}gpus" if first["nproc"] > 1 else "")
+    (out / f"throughput-{name}.json").write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    (out / f"throughput-{name}.md").write_text(markdown([merged]), encoding="utf-8")
+    return write_summary(out)
+
+
 def write_summary(out: Path) -> Path:
     """OUT/throughput.md from every OUT/throughput-*.json."""
     records = [json.loads(p.read_text(encoding="utf-8")) for p in sorted(out.glob("throughput-*.json"))]
@@ -811,6 +853,8 @@ def main() -> None:
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "portaft-bench"))
     parser.add_argument("--worker-timeout", type=float, default=1800)
     parser.add_argument("--summarise", metavar="OUT", help="only rebuild OUT/throughput.md from OUT/throughput-*.json")
+    parser.add_argument("--merge", nargs="+", metavar="JSON",
+                        help="only write OUT's table from these result files' rounds (one benchmark run apart)")
     parser.add_argument("--prepare", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--worker", nargs=2, metavar=("PATH", "CONFIG"), help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -818,6 +862,8 @@ def main() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     if args.summarise:
         print(write_summary(Path(args.summarise)).read_text(encoding="utf-8"))
+    elif args.merge:
+        print(merge([Path(f) for f in args.merge], Path(args.out)).read_text(encoding="utf-8"))
     elif args.prepare:
         Path(args.result).write_text(json.dumps(prepare(json.loads(Path(args.prepare).read_text()))))
     elif args.worker:

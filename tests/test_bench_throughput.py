@@ -208,3 +208,33 @@ def test_two_processes_count_the_tokens_of_both_and_the_table_gives_the_scaling(
     two_speed, one_speed = record["summary"]["portaft"]["tokens_per_second"], one["tokens_per_second"]
     assert (f"- tiny, sft: 2 processes make {two_speed:,} useful tokens/s, {two_speed / round(one_speed):.2f}x "
             f"one process's {round(one_speed):,} (ideal 2x)") in table
+
+
+def test_rounds_run_apart_merge_into_one_table_and_other_benchmarks_are_refused(tmp_path):
+    """--merge: rounds of one benchmark run on two GPUs at once (or in two calls) are one
+    table's rounds, renumbered, with the median of all; a file of another benchmark is refused."""
+    bench = load_benchmark()
+
+    def record(name, speeds, peak, **changes):
+        runs = [{"path": "portaft", "round": i, "batch": 2, "tokens_per_second": speed, "step_seconds": 1.0,
+                 "peak_memory_gib": 10.0, "first_losses": [12.0], "settings": {}, "matmul_parameters": 10**9}
+                for i, speed in enumerate(speeds, start=1)]
+        content = {"benchmark": "throughput", "shape": "deepseek-llm-7b", "lengths": "4k", "date": "2026-11-29",
+                   "device": "cuda", "gpu": "NVIDIA H200", "matmul_peak_tflops": peak, "nproc": 1,
+                   "settings": {"max_length": 4096, "steps": 12, "seed_steps": 12, "warmup": 3, "logging_steps": 10,
+                                "rounds": len(speeds), "lora": bench.LORA},
+                   "runs": runs, "out_of_memory": []} | changes
+        (tmp_path / name).write_text(json.dumps(content), encoding="utf-8")
+        return tmp_path / name
+
+    first, second = record("a.json", [100.0, 300.0], 780.0), record("b.json", [200.0], 800.0, date="2026-11-30")
+    table = bench.merge([first, second], tmp_path / "out").read_text(encoding="utf-8")
+    merged = json.loads((tmp_path / "out" / "throughput-deepseek-llm-7b-4k.json").read_text(encoding="utf-8"))
+    assert [r["round"] for r in merged["runs"]] == [1, 2, 3] and merged["settings"]["rounds"] == 3
+    summary = merged["summary"]["portaft"]
+    assert (summary["tokens_per_second"], summary["min"], summary["max"]) == (200, 100, 300)
+    assert merged["matmul_peak_tflops"] == 790.0 and merged["date"] == "2026-11-30"
+    assert "rounds merged from 2 runs of the benchmark (2 on 2026-11-29, 1 on 2026-11-30)" in table
+    other = record("c.json", [1.0], 800.0, lengths="sft")
+    with pytest.raises(SystemExit, match=r"c.json is not the same benchmark as .*a.json: lengths differ"):
+        bench.merge([first, other], tmp_path / "refused")
