@@ -238,3 +238,12 @@ def test_rounds_run_apart_merge_into_one_table_and_other_benchmarks_are_refused(
     other = record("c.json", [1.0], 800.0, lengths="sft")
     with pytest.raises(SystemExit, match=r"c.json is not the same benchmark as .*a.json: lengths differ"):
         bench.merge([first, other], tmp_path / "refused")
+
+
+def test_the_sync_finder_leaves_a_process_without_a_gpu_alone(tmp_path):
+    """bench/find_syncs is imported by every process of a benchmark, the CPU-only driver too."""
+    env = {**os.environ, "FIND_SYNCS": str(tmp_path), "PYTHONPATH": str(REPO / "bench" / "find_syncs")}
+    done = subprocess.run([sys.executable, "-c", "import sitecustomize, torch; print(torch.ones(2).sum().item())"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "2.0" and list(tmp_path.iterdir()) == []
