@@ -223,3 +223,18 @@ def test_larger_loss_chunks_give_the_same_losses_through_compiled_layers():
         runs[larger], notes = _adapter_training(config, batches, larger_loss_chunks=larger)
         assert any(n.endswith("in chunks of up to 16x the hidden states' size") for n in notes) == larger
     assert runs[True] == pytest.approx(runs[False], rel=1e-3)
+
+
+def test_fused_projections_give_the_same_losses_through_compiled_layers():
+    """fused_projections (q/k/v and gate/up as one matmul each, in compiled layers) in bf16
+    with the varlen attention: six AdamW steps give the unfused losses, no dropout."""
+    from transformers import LlamaConfig
+
+    config = LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                         num_key_value_heads=8, vocab_size=2000, max_position_embeddings=2048, use_cache=False)
+    batches = _flattened_batches(6, 2000, prompt=20, seed=3)
+    runs = {}
+    for fused in (True, False):
+        runs[fused], notes = _adapter_training(config, batches, fused_projections=fused)
+        assert any(n.startswith("kernels: 8 groups of frozen linear layers") for n in notes) == fused
+    assert runs[True] == pytest.approx(runs[False], rel=1e-3)

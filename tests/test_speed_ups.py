@@ -124,14 +124,16 @@ def test_fused_lora_updates_are_switched_on_by_the_policy_on_the_adapter_model(l
         "add kernels"]
 
 
-def _adapted_tiny_model(tiny_model):
+def _adapted_tiny_model(tiny_model, **config):
+    """`config`: changes to the model's config (num_hidden_layers=3: a third layer, its weights seeded)."""
     from transformers import AutoModelForCausalLM
 
     from portaft.adapters import apply_lora
     from portaft.recipe import LoraSection
 
     torch.manual_seed(0)
-    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model), LoraSection(r=4, alpha=8, dropout=0.0), False)
+    lora = LoraSection(r=4, alpha=8, dropout=0.0)
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model, **config), lora, False)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # peft starts B at zero: give the adapter something to add
             torch.nn.init.normal_(parameter, std=0.05)
@@ -139,9 +141,9 @@ def _adapted_tiny_model(tiny_model):
     return model
 
 
-def _loss_and_grads(model, ids):
+def _loss_and_grads(model, ids, **kwargs):
     model.zero_grad()
-    loss = model(input_ids=ids, labels=ids).loss
+    loss = model(input_ids=ids, labels=ids, **kwargs).loss
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -307,3 +309,113 @@ def test_a_liger_that_takes_no_chunk_size_keeps_its_own_and_says_so(loaded, fake
                          "larger ones)")
     model(input_ids=torch.tensor([[1, 2]]))
     assert "chunk_mem_const" not in fake_liger.given[0]
+
+
+def _fused(model):
+    from portaft.backends._fused_projections import fusable_groups, fuse_at_first_forward
+
+    base = model.get_base_model()
+    groups = fusable_groups(base)
+    fuse_at_first_forward(groups, model, base)
+    return groups
+
+
+def test_fused_projections_give_the_unfused_loss_gradients_and_answers(tiny_model):
+    """fused_projections: q/k/v and gate/up of each layer as one matmul each, their weights
+    rows of one matrix (the same Parameters, no memory added), from the first forward on;
+    the same numbers as unfused layers, in training and in generation with a cache."""
+    unfused, fused = _adapted_tiny_model(tiny_model), _adapted_tiny_model(tiny_model)
+    parameters = {name: id(p) for name, p in fused.named_parameters()}
+    groups = _fused(fused)
+    assert len(groups) == 2 * len(fused.get_base_model().model.layers)
+    before = [[layer.weight.data_ptr() for layer in group] for group in groups]
+    prompt = torch.randint(3, 100, (1, 7))
+    answers = [m.generate(prompt, max_new_tokens=6, do_sample=False, eos_token_id=None) for m in (unfused, fused)]
+    assert torch.equal(answers[0], answers[1])  # the first call (generation) fused the groups
+    for group, pointers in zip(groups, before):
+        storage = {layer.weight.untyped_storage().data_ptr() for layer in group}
+        assert len(storage) == 1 and [layer.weight.data_ptr() for layer in group] != pointers
+    assert {name: id(p) for name, p in fused.named_parameters()} == parameters
+    for length in (12, 17):
+        ids = torch.randint(3, 100, (2, length))
+        loss, grads = _loss_and_grads(unfused, ids)
+        fused_loss, fused_grads = _loss_and_grads(fused, ids)
+        assert fused_loss == pytest.approx(loss, rel=1e-6)
+        for name, grad in grads.items():
+            torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_projections_in_compiled_layers_give_the_eager_loss_and_gradients(tiny_model):
+    """Fused groups inside compiled layers (Inductor on this CPU): eager's numbers, and the
+    layers still share their compiled code (no compile per layer)."""
+    from torch._dynamo.utils import counters
+
+    from portaft.backends._speed_ups import _compile_layers
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager, compiled = _adapted_tiny_model(tiny_model, num_hidden_layers=3), _adapted_tiny_model(tiny_model,
+                                                                                              num_hidden_layers=3)
+    _fused(compiled)
+    _compile_layers(compiled.get_base_model())
+    for length in (12, 17):
+        ids = torch.randint(3, 100, (2, length))
+        loss, grads = _loss_and_grads(eager, ids, use_cache=False)  # as in training: no cache to guard on
+        compiled_loss, compiled_grads = _loss_and_grads(compiled, ids, use_cache=False)
+        assert compiled_loss == pytest.approx(loss, rel=1e-5)
+        for name, grad in grads.items():
+            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5)
+    # two graphs, as unfused layers: the first layer's input needs no gradient, the others' do and they share one
+    assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
+
+
+@pytest.mark.parametrize("compiled, lora", [(False, True), (True, True), (True, False)])
+def test_fused_projections_say_how_many_groups_or_why_none(loaded, compiled, lora):
+    """Counted when the policy is applied; no group where the weights train (no LoRA)."""
+    from portaft.adapters import apply_lora
+    from portaft.recipe import LoraSection
+
+    model, recipe = loaded
+    layers = model.config.num_hidden_layers
+    if lora:
+        model = apply_lora(model, LoraSection(r=4, alpha=8, dropout=0.0), False)
+    policy = dataclasses.replace(CUDA, varlen_attention=False, fused_loss=False, fused_norms=False,
+                                 compile_layers=compiled, fused_projections=True)
+    notes = speed_up(model, recipe, policy, flattened=True)
+    unfused = "kernels: linear layers that read one input run one matmul each"
+    assert notes[0] == (
+        f"{unfused} (fused only in compiled layers)" if not compiled
+        else f"kernels: {2 * layers} groups of frozen linear layers that read one input (q/k/v, gate/up) computed as "
+             "one matmul each, from the first forward" if lora
+        else f"{unfused} (no group of frozen linear layers: q_proj/k_proj/v_proj, gate_proj/up_proj)")
+
+
+def test_fused_projections_run_fewer_matmuls_forward_and_backward(tiny_model):
+    """What the fusion is for: per layer one matmul for q/k/v and one for gate/up, forward
+    and for the input's gradient (in the graphs compiled layers hand to their compiler; the
+    second layer's, whose input needs a gradient as every layer's but the first does)."""
+    from torch._dynamo.backends.common import aot_autograd
+
+    from portaft.backends._speed_ups import _compile_layers
+
+    def matmuls(fuse):
+        torch._dynamo.reset()
+        counted = {"forward": [], "backward": []}  # per graph, in the order compiled
+
+        def counter(kind):
+            def compiler(graph, inputs):
+                counted[kind].append(sum(str(node.target) in ("aten.mm.default", "aten.addmm.default")
+                                         for node in graph.graph.nodes if node.op == "call_function"))
+                return graph.forward
+            return compiler
+
+        model = _adapted_tiny_model(tiny_model)
+        if fuse:
+            _fused(model)
+        _compile_layers(model.get_base_model(),
+                        backend=aot_autograd(fw_compiler=counter("forward"), bw_compiler=counter("backward")))
+        _loss_and_grads(model, torch.randint(3, 100, (2, 12)), use_cache=False)
+        return {kind: graphs[-1] for kind, graphs in counted.items()}
+
+    unfused, fused = matmuls(False), matmuls(True)
+    assert fused == {"forward": unfused["forward"] - 3, "backward": unfused["backward"] - 3}
