@@ -783,7 +783,16 @@ def merge(files: list[Path], out: Path) -> Path:
     later call when one would not fit a time limit): the runs of every file in the given order,
     rounds renumbered, the summary computed again. The measured matmul peak is the median of
     the files' (each process measured its own); every file's date and peak are kept."""
-    records = [json.loads(f.read_text(encoding="utf-8")) for f in files]
+    records = []
+    for file in files:
+        try:
+            record = json.loads(file.read_text(encoding="utf-8"))
+            if not isinstance(record.get("runs"), list) or "rounds" not in record.get("settings", {}):
+                raise KeyError("runs, settings.rounds")  # what a result file of this script holds
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"--merge: {file} is not a result file of bench/throughput.py "
+                             f"({type(exc).__name__}: {exc}); give its throughput-SHAPE-LENGTHS.json files") from None
+        records.append(record)
     first = records[0]
     for file, record in zip(files[1:], records[1:]):
         differs = [k for k in SAME_BENCHMARK if record.get(k) != first.get(k)] + [

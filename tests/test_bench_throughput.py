@@ -238,6 +238,8 @@ def test_rounds_run_apart_merge_into_one_table_and_other_benchmarks_are_refused(
     other = record("c.json", [1.0], 800.0, lengths="sft")
     with pytest.raises(SystemExit, match=r"c.json is not the same benchmark as .*a.json: lengths differ"):
         bench.merge([first, other], tmp_path / "refused")
+    with pytest.raises(SystemExit, match=r"missing.json is not a result file of bench/throughput.py \(FileNotFound"):
+        bench.merge([first, tmp_path / "missing.json"], tmp_path / "refused")
 
 
 def test_the_sync_finder_leaves_a_process_without_a_gpu_alone(tmp_path):
