@@ -182,6 +182,24 @@ def _adapter_training(config, batches, **policy) -> tuple[list[float], list[str]
     return losses, notes
 
 
+def _small_llama():
+    """The 4-layer Llama of the compile tests (head dimension 64: the flash kernels take it)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
+                       num_key_value_heads=8, vocab_size=2000, max_position_embeddings=2048, use_cache=False)
+
+
+def _same_losses_with_and_without(switch: str, config, batches, says_so, rel: float) -> None:
+    """The cuda policy with `switch` on and off: a note that `says_so` only when on, and the
+    same losses within `rel`."""
+    runs = {}
+    for on in (True, False):
+        runs[on], notes = _adapter_training(config, batches, **{switch: on})
+        assert any(says_so(note) for note in notes) == on
+    assert runs[True] == pytest.approx(runs[False], rel=rel)
+
+
 def _flattened_batches(count: int, vocab: int, prompt: int, seed: int) -> list[dict]:
     """`count` flattened batches of four random samples (300-644 tokens), the first `prompt` untrained."""
     from portaft.data.packing import flattening_collator
@@ -196,16 +214,9 @@ def test_compiled_layers_train_with_eager_numerics_on_cuda():
     """compile_layers in bf16 with the varlen attention, through the cuda policy: with no
     dropout, six AdamW steps give eager's losses. (This small model agreed even before
     Inductor was told to round like eager; the 7B shape did not: steps/7-compile-eager-numerics.)"""
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
-                         num_key_value_heads=8, vocab_size=2000, max_position_embeddings=2048, use_cache=False)
-    batches = _flattened_batches(6, 2000, prompt=20, seed=1)
-    runs = {}
-    for compile_layers in (True, False):
-        runs[compile_layers], notes = _adapter_training(config, batches, compile_layers=compile_layers)
-        assert any(n.startswith("kernels: each of the 4 decoder layers compiled") for n in notes) == compile_layers
-    assert runs[True] == pytest.approx(runs[False], rel=1e-4)
+    _same_losses_with_and_without("compile_layers", _small_llama(), _flattened_batches(6, 2000, prompt=20, seed=1),
+                                  lambda note: note.startswith("kernels: each of the 4 decoder layers compiled"),
+                                  rel=1e-4)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is None, reason="needs liger-kernel (portaft[cuda])")
@@ -217,24 +228,12 @@ def test_larger_loss_chunks_give_the_same_losses_through_compiled_layers():
 
     config = LlamaConfig(hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, use_cache=False)
-    batches = _flattened_batches(4, 32000, prompt=10, seed=2)
-    runs = {}
-    for larger in (True, False):
-        runs[larger], notes = _adapter_training(config, batches, larger_loss_chunks=larger)
-        assert any(n.endswith("in chunks of up to 16x the hidden states' size") for n in notes) == larger
-    assert runs[True] == pytest.approx(runs[False], rel=1e-3)
+    _same_losses_with_and_without("larger_loss_chunks", config, _flattened_batches(4, 32000, prompt=10, seed=2),
+                                  lambda note: note.endswith("in chunks of up to 16x the hidden states' size"), rel=1e-3)
 
 
 def test_fused_projections_give_the_same_losses_through_compiled_layers():
     """fused_projections (q/k/v and gate/up as one matmul each, in compiled layers) in bf16
     with the varlen attention: six AdamW steps give the unfused losses, no dropout."""
-    from transformers import LlamaConfig
-
-    config = LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=8,
-                         num_key_value_heads=8, vocab_size=2000, max_position_embeddings=2048, use_cache=False)
-    batches = _flattened_batches(6, 2000, prompt=20, seed=3)
-    runs = {}
-    for fused in (True, False):
-        runs[fused], notes = _adapter_training(config, batches, fused_projections=fused)
-        assert any(n.startswith("kernels: 8 groups of frozen linear layers") for n in notes) == fused
-    assert runs[True] == pytest.approx(runs[False], rel=1e-3)
+    _same_losses_with_and_without("fused_projections", _small_llama(), _flattened_batches(6, 2000, prompt=20, seed=3),
+                                  lambda note: note.startswith("kernels: 8 groups of frozen linear layers"), rel=1e-3)

@@ -148,6 +148,17 @@ def _loss_and_grads(model, ids, **kwargs):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _assert_same_losses_and_grads(reference, model, rel, rtol, atol, **forward):
+    """`model` gives `reference`'s loss (within rel) and gradients over two lengths of random ids."""
+    for length in (12, 17):
+        ids = torch.randint(3, 100, (2, length))
+        loss, grads = _loss_and_grads(reference, ids, **forward)
+        model_loss, model_grads = _loss_and_grads(model, ids, **forward)
+        assert model_loss == pytest.approx(loss, rel=rel)
+        for name, grad in grads.items():
+            torch.testing.assert_close(model_grads[name], grad, rtol=rtol, atol=atol)
+
+
 def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model):
     """compile_layers (torch.compile per decoder layer, Inductor on this CPU): the same numbers
     within float32 rounding, over shapes that change from call to call."""
@@ -161,13 +172,7 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model):
     assert _compile_layers(compiled.get_base_model()) == (
         f"kernels: each of the {layers} decoder layers compiled (torch.compile, on the first steps; if the "
         "compile fails they run uncompiled, with a warning)")
-    for length in (12, 17):
-        ids = torch.randint(3, 100, (2, length))
-        loss, grads = _loss_and_grads(eager, ids)
-        compiled_loss, compiled_grads = _loss_and_grads(compiled, ids)
-        assert compiled_loss == pytest.approx(loss, rel=1e-5)
-        for name, grad in grads.items():
-            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5)
+    _assert_same_losses_and_grads(eager, compiled, rel=1e-5, rtol=1e-4, atol=1e-5)
     assert counters["stats"]["unique_graphs"] >= 1  # really compiled, not the eager forward twice
 
 
@@ -336,13 +341,7 @@ def test_fused_projections_give_the_unfused_loss_gradients_and_answers(tiny_mode
         storage = {layer.weight.untyped_storage().data_ptr() for layer in group}
         assert len(storage) == 1 and [layer.weight.data_ptr() for layer in group] != pointers
     assert {name: id(p) for name, p in fused.named_parameters()} == parameters
-    for length in (12, 17):
-        ids = torch.randint(3, 100, (2, length))
-        loss, grads = _loss_and_grads(unfused, ids)
-        fused_loss, fused_grads = _loss_and_grads(fused, ids)
-        assert fused_loss == pytest.approx(loss, rel=1e-6)
-        for name, grad in grads.items():
-            torch.testing.assert_close(fused_grads[name], grad, rtol=1e-5, atol=1e-6)
+    _assert_same_losses_and_grads(unfused, fused, rel=1e-6, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_projections_in_compiled_layers_give_the_eager_loss_and_gradients(tiny_model):
@@ -358,13 +357,8 @@ def test_fused_projections_in_compiled_layers_give_the_eager_loss_and_gradients(
                                                                                               num_hidden_layers=3)
     _fused(compiled)
     _compile_layers(compiled.get_base_model())
-    for length in (12, 17):
-        ids = torch.randint(3, 100, (2, length))
-        loss, grads = _loss_and_grads(eager, ids, use_cache=False)  # as in training: no cache to guard on
-        compiled_loss, compiled_grads = _loss_and_grads(compiled, ids, use_cache=False)
-        assert compiled_loss == pytest.approx(loss, rel=1e-5)
-        for name, grad in grads.items():
-            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5)
+    # use_cache=False as in training: no cache to guard on
+    _assert_same_losses_and_grads(eager, compiled, rel=1e-5, rtol=1e-4, atol=1e-5, use_cache=False)
     # two graphs, as unfused layers: the first layer's input needs no gradient, the others' do and they share one
     assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
 
