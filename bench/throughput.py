@@ -121,7 +121,7 @@ def drive(args: argparse.Namespace) -> Path:
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     # several processes get a file of their own: one OUT holds both and its table the scaling
-    name = f"{args.shape}-{args.lengths}" + (f"-{args.nproc}gpus" if args.nproc > 1 else "")
+    name = result_name(args.shape, args.lengths, args.nproc)
     scale = SCALE.get(args.shape, 1)
     batch = args.batch or BATCH[args.shape][args.lengths]
     batches = {"seed": SEED_BATCH, "tuned": batch, "portaft": args.portaft_batch or batch}
@@ -179,8 +179,7 @@ def drive(args: argparse.Namespace) -> Path:
                   "recipe": portaft_recipe(config, batches["portaft"]),
                   "runs": kept + runs, "out_of_memory": kept_oom + out_of_memory}
         record["summary"] = summarise_runs(record)
-        result_file.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")  # after every run
-        (out / f"throughput-{name}.md").write_text(markdown([record]), encoding="utf-8")
+        write_record(out, name, record)  # after every run
 
     run_rounds(args.paths, range(first_round, first_round + args.rounds), batches, launch, save)
     summary = write_summary(out)
@@ -814,10 +813,19 @@ def merge(files: list[Path], out: Path) -> Path:
                                       for f, r in zip(files, records)]}
     merged["summary"] = summarise_runs(merged)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{first['shape']}-{first['lengths']}" + (f"-{first['nproc']}gpus" if first["nproc"] > 1 else "")
-    (out / f"throughput-{name}.json").write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
-    (out / f"throughput-{name}.md").write_text(markdown([merged]), encoding="utf-8")
+    write_record(out, result_name(first["shape"], first["lengths"], first["nproc"]), merged)
     return write_summary(out)
+
+
+def result_name(shape: str, lengths: str, nproc: int) -> str:
+    """SHAPE-LENGTHS of the result files; several processes get files of their own."""
+    return f"{shape}-{lengths}" + (f"-{nproc}gpus" if nproc > 1 else "")
+
+
+def write_record(out: Path, name: str, record: dict) -> None:
+    """OUT/throughput-NAME.json and its table, .md."""
+    (out / f"throughput-{name}.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (out / f"throughput-{name}.md").write_text(markdown([record]), encoding="utf-8")
 
 
 def write_summary(out: Path) -> Path:
