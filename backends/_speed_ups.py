@@ -33,26 +33,9 @@ def speed_up(model: Any, recipe: Any, policy: Any, flattened: bool) -> list[str]
         fused = fuse_lora_updates(model)
         notes.append(f"adapter: the update of {fused} LoRA layers added inside the matmul (addmm), "
                      "not by separate scale and add kernels")
-    if policy.fused_projections:
-        notes.append(_fused_projections(model, base, compiled))
     if compiled:
         notes.append(_compile_layers(base))
     return notes
-
-
-def _fused_projections(model: Any, base: Any, compiled: bool) -> str:
-    from . import _fused_projections
-
-    unfused = "kernels: linear layers that read one input run one matmul each"
-    if not compiled:  # uncompiled, autograd would pad each layer's gradient to the group's output and add
-        return f"{unfused} (fused only in compiled layers)"
-    groups = _fused_projections.fusable_groups(base)
-    if not groups:
-        names = ", ".join("/".join(group) for group in _fused_projections.GROUPS)
-        return f"{unfused} (no group of frozen linear layers: {names})"
-    _fused_projections.fuse_at_first_forward(groups, *{id(m): m for m in (model, base)}.values())
-    return (f"kernels: {len(groups)} groups of frozen linear layers that read one input (q/k/v, gate/up) computed "
-            "as one matmul each, from the first forward")
 
 
 def _compile_untried(recipe: Any) -> str | None:

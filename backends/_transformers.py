@@ -66,9 +66,6 @@ class DevicePolicy:
     fused_norms: bool = False
     # each LoRA layer's update added inside one matmul (adapters.fuse_lora_updates)
     fused_lora: bool = False
-    # frozen q/k/v and gate/up weights as one matrix each, one matmul per group (_fused_projections.py;
-    # compiled layers only; not timed yet)
-    fused_projections: bool = False
     # the host queues the next step while the GPU still runs this one: no device sync between
     # optimizer steps that log nothing (TrainingArguments defaults that wait for the GPU, changed
     # where the recipe leaves them unset). No faster on the 7B shape at 4k, where the GPU is busy

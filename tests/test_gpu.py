@@ -230,10 +230,3 @@ def test_larger_loss_chunks_give_the_same_losses_through_compiled_layers():
                          num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048, use_cache=False)
     _same_losses_with_and_without("larger_loss_chunks", config, _flattened_batches(4, 32000, prompt=10, seed=2),
                                   lambda note: note.endswith("in chunks of up to 16x the hidden states' size"), rel=1e-3)
-
-
-def test_fused_projections_give_the_same_losses_through_compiled_layers():
-    """fused_projections (q/k/v and gate/up as one matmul each, in compiled layers) in bf16
-    with the varlen attention: six AdamW steps give the unfused losses, no dropout."""
-    _same_losses_with_and_without("fused_projections", _small_llama(), _flattened_batches(6, 2000, prompt=20, seed=3),
-                                  lambda note: note.startswith("kernels: 8 groups of frozen linear layers"), rel=1e-3)
