@@ -496,6 +496,12 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                 self.peak = torch.cuda.max_memory_allocated() / 2**30
             self.losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
 
+        def step_ms(self) -> list[float]:
+            """Each step's time, from the previous step's end (the first: from its own begin), so
+            the batch fetch between steps counts; a slow step (a recompile, a host stall) shows."""
+            marks = [self.begins[0]] + self.ends
+            return [round(a.elapsed_time(b) if cuda else (b - a) * 1e3, 1) for a, b in zip(marks, marks[1:])]
+
         def measured_ms(self) -> float:
             """From the end of the warm-up to the latest step's end (CUDA events: call after a sync)."""
             start = self.ends[warmup - 1] if warmup else self.begins[0]
@@ -507,10 +513,14 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                 raise RuntimeError(f"{len(self.ends)} steps ran, none after the {warmup} warm-up steps")
             seconds = self.measured_ms() / 1e3
             per_step = [[sum(int(batch[i]) for batch in step) for i in range(3)] for step in self.steps]
+            by_rank = {}
             if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process's tokens
                 counts = torch.tensor(per_step, device="cuda" if cuda else "cpu")
-                torch.distributed.all_reduce(counts)
-                per_step = counts.tolist()
+                gathered = [torch.zeros_like(counts) for _ in range(torch.distributed.get_world_size())]
+                torch.distributed.all_gather(gathered, counts)
+                per_step = torch.stack(gathered).sum(0).tolist()
+                # a step waits for its busiest process: how uneven the processes' shares were
+                by_rank = {"rank_step_tokens": [[step[0] for step in rank.tolist()] for rank in gathered]}
             useful, trained = (sum(step[i] for step in per_step[warmup:]) for i in range(2))
             return {"steps": len(self.ends), "measured_steps": measured, "seconds": round(seconds, 4),
                     "tokens": useful, "trained_tokens": trained, "tokens_per_second": round(useful / seconds, 1),
@@ -519,6 +529,7 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                     "peak_memory_gib": round(self.peak, 2) if cuda else None,
                     "step_tokens": [s[0] for s in per_step], "step_trained_tokens": [s[1] for s in per_step],
                     "step_samples": [s[2] for s in per_step], "micro_batches": [len(s) for s in self.steps],
+                    "step_ms": self.step_ms(), **by_rank,
                     "first_losses": self.losses[:FIRST_LOSSES], "losses": self.losses,
                     "matmul_parameters": self.parameters, "attention": self.attention}
 
@@ -660,12 +671,26 @@ def summarise_runs(record: dict) -> dict:
                          matmul_parameters=good[0]["matmul_parameters"],
                          mfu_spec=round(flops / spec, 4) if spec else None,
                          mfu_measured=round(flops / (measured_peak * 1e12), 4) if measured_peak else None)
+            excess = [e for e in map(busiest_process_excess, good) if e is not None]
+            if excess:
+                entry["busiest_process_excess"] = round(statistics.median(excess), 4)
         summary[path] = entry
     speed = {p: s.get("tokens_per_second") for p, s in summary.items()}
     for other in ("tuned", "seed"):
         if speed.get("portaft") and speed.get(other):
             summary[f"portaft_over_{other}"] = round(speed["portaft"] / speed[other], 3)
     return summary
+
+
+def busiest_process_excess(run: dict) -> float | None:
+    """Over the measured steps of a run with several processes, how many more tokens the
+    busiest process had than the processes' mean, on average (0.05: 5% more). A step waits
+    for its busiest process, so this is about what evenly shared steps could gain."""
+    ranks = run.get("rank_step_tokens")
+    if not ranks:
+        return None
+    measured = list(zip(*ranks))[run["steps"] - run["measured_steps"]:]
+    return statistics.mean(max(step) / statistics.mean(step) for step in measured) - 1
 
 
 def spec_peak(gpu: str | None) -> float | None:
@@ -738,7 +763,10 @@ def scaling(records: list[dict]) -> list[str]:
         if one is not None:
             lines.append(f"- {several['shape']}, {several['lengths']}: {several['nproc']} processes make "
                          f"{speed(several):,} useful tokens/s, {speed(several) / speed(one):.2f}x one process's "
-                         f"{speed(one):,} (ideal {several['nproc']}x)")
+                         f"{speed(one):,} (ideal {several['nproc']}x)"
+                         + (f"; a step's busiest process had {excess:.1%} more tokens than their mean" if (
+                             excess := several["summary"]["portaft"].get("busiest_process_excess")) is not None
+                            else ""))
     return ["", "Several GPUs (portaft path, `--nproc`):", ""] + lines if lines else []
 
 

@@ -201,13 +201,29 @@ def test_two_processes_count_the_tokens_of_both_and_the_table_gives_the_scaling(
     assert "error" not in run, run
     assert run["step_samples"] == [2 * run["batch"]] * 3  # 8 samples per process and step
     assert run["tokens"] == sum(run["step_tokens"][1:])
+    # each process's share of every step, and each step's time
+    assert [sum(step) for step in zip(*run["rank_step_tokens"])] == run["step_tokens"]
+    assert len(run["step_ms"]) == 3 and all(ms > 0 for ms in run["step_ms"])
+    excess = record["summary"]["portaft"]["busiest_process_excess"]
+    assert excess == round(load_benchmark().busiest_process_excess(run), 4) and excess >= 0
     table = (out / "throughput.md").read_text()
     assert record["nproc"] == 2 and f"| {run['batch']} x 2 processes |" in table
     (one,) = json.loads((out / "throughput-tiny-sft.json").read_text(encoding="utf-8"))["runs"]
     assert one["step_samples"] == [one["batch"]] * 3
     two_speed, one_speed = record["summary"]["portaft"]["tokens_per_second"], one["tokens_per_second"]
     assert (f"- tiny, sft: 2 processes make {two_speed:,} useful tokens/s, {two_speed / round(one_speed):.2f}x "
-            f"one process's {round(one_speed):,} (ideal 2x)") in table
+            f"one process's {round(one_speed):,} (ideal 2x); a step's busiest process had {excess:.1%} more tokens "
+            "than their mean") in table
+    assert "rank_step_tokens" not in one and "busiest_process_excess" not in json.loads(
+        (out / "throughput-tiny-sft.json").read_text(encoding="utf-8"))["summary"]["portaft"]
+
+
+def test_the_busiest_process_is_measured_over_the_measured_steps_only():
+    """A step waits for its busiest process: over the steps after the warm-up, how many more
+    tokens it had than the processes' mean (here 30 against 20, then an even step: 25%)."""
+    run = {"steps": 3, "measured_steps": 2, "rank_step_tokens": [[900, 10, 30], [100, 30, 30]]}
+    assert load_benchmark().busiest_process_excess(run) == pytest.approx(0.25)
+    assert load_benchmark().busiest_process_excess({"steps": 3, "measured_steps": 2}) is None
 
 
 def test_rounds_run_apart_merge_into_one_table_and_other_benchmarks_are_refused(tmp_path):
