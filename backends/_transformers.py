@@ -71,6 +71,10 @@ class DevicePolicy:
     # where the recipe leaves them unset). No faster on the 7B shape at 4k, where the GPU is busy
     # 92% of a step anyway; on for cuda since its measured numbers (docs/performance.md) were taken with it
     queue_ahead: bool = False
+    # under torchrun with several processes and flattened batches, each step's samples shared
+    # out between the processes by their tokens (portaft/data/shares.py): a step waits for its
+    # busiest process. Not timed yet
+    balanced_processes: bool = False
     # torch.compile each decoder layer (fuses the element-wise work around the matmuls;
     # Inductor's own norms replace Liger's, which dynamo cannot trace)
     compile_layers: bool = False
@@ -194,6 +198,12 @@ class TransformersBackend:
 
         policy = ON_CPU if recipe.device == "cpu" else self.device
         return policy.padding_free and not recipe.packing and packing_supported() is None
+
+    def balanced_processes(self, recipe: Recipe) -> bool:
+        """Share each step's samples between several processes by their tokens: where the
+        device wants it and batches are flattened (a sample then costs its tokens in any batch)."""
+        policy = ON_CPU if recipe.device == "cpu" else self.device
+        return policy.balanced_processes and self.padding_free(recipe)
 
     def speed_up(self, model: Any, recipe: Recipe) -> list[str]:
         """Make the loaded model train faster on this device without changing its loss:

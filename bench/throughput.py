@@ -57,7 +57,7 @@ PATHS = ("seed", "tuned", "portaft")
 # varlen_without_masks is on by default under several processes only, so it is in both
 DEFAULT_SPEED_UPS = ("padding_free", "varlen_attention", "varlen_without_masks", "cudnn_attention", "fused_loss",
                      "larger_loss_chunks", "fused_norms", "compile_layers", "queue_ahead")
-OPT_IN_SPEED_UPS = ("varlen_without_masks", "fused_lora")
+OPT_IN_SPEED_UPS = ("varlen_without_masks", "fused_lora", "balanced_processes")
 SHAPES = ("qwen2.5-0.5b", "llama-3.2-1b", "deepseek-llm-7b", "tiny")
 MAX_LENGTH = {"sft": 1024, "4k": 4096}
 # tuned and portaft per-device batch; at 4k a batch of 32 sequences would not fit

@@ -97,7 +97,7 @@ def run(
         echo(f"portaft: warning: {line}")
     template = built.template
     collator = chosen.collator(tokenizer) or data.Seq2SeqCollator(tokenizer)
-    sampler = None
+    sampler, balanced = None, False
     if effective.packing:
         sampler, collator, note = data.packing.packed_batches(built.lengths, effective)
         notes.append(note)
@@ -108,6 +108,12 @@ def run(
                 "no pad tokens computed, the same loss as padded)")
         notes.append(note)
         echo(f"portaft: {note}")
+        balanced = world_size > 1 and getattr(chosen, "balanced_processes", lambda _: False)(effective)
+        if balanced:
+            note = (f"batches: each step's samples shared out between the {world_size} processes by their tokens "
+                    "(the same samples a step, so the same loss; a step waits for its busiest process)")
+            notes.append(note)
+            echo(f"portaft: {note}")
     # the model; LoRA's initial weights come from the seeded RNG: same seed, same run
     set_seed(int(effective.train.get("seed", 42)))
     model = chosen.load_model(effective)
@@ -125,6 +131,8 @@ def run(
     trainer = chosen.trainer(model=model, args=args, train_dataset=built.dataset, data_collator=collator, tokenizer=tokenizer)
     if sampler is not None:
         data.packing.use_packed_batches(trainer, sampler, collator)
+    if balanced:
+        data.shares.share_steps_by_tokens(trainer, built.lengths)
     trainer.remove_callback(ProgressCallback)
     trainer.add_callback(ReadableProgress)
     for callback in tracked.callbacks:  # plugins' (register_callbacks)

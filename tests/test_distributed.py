@@ -8,6 +8,8 @@ import sys
 import pytest
 import yaml
 
+from portaft.data.packing import packing_supported
+
 
 def test_two_processes_on_cpu_train_one_adapter_over_gloo(recipe_dict, write_recipe, tmp_path):
     recipe_dict["train"].update({"max_steps": 3, "save_strategy": "no"})
@@ -47,3 +49,81 @@ def test_one_process_seeing_several_gpus_trains_on_one_and_says_how_to_use_all()
     assert args._n_gpu == 1 and "portaft run --nproc 2" in note and "cuda:0" in note
     for n_gpu, world_size in ((1, 1), (0, 1), (1, 2)):
         assert _one_device_per_process(types.SimpleNamespace(n_gpu=n_gpu, device="cuda:0"), world_size) == []
+
+
+# under torchrun: portaft through a CPU backend that flattens batches, with or without
+# balanced_processes (argv[3]); each process writes each forward's samples and tokens
+SHARES_SCRIPT = """
+import json, os, sys, types
+from pathlib import Path
+
+import portaft
+from portaft.backends._transformers import DevicePolicy, TransformersBackend
+from portaft.plugins import get_plugins
+from transformers import TrainerCallback
+
+policy = DevicePolicy(unavailable_reason=lambda: None, supports_bf16=lambda: False, supports_fp16=False, use_cpu=True,
+                      padding_free=True, balanced_processes=sys.argv[3] == "balanced")
+shares = []
+
+
+class Shares(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model.register_forward_pre_hook(lambda module, args, kwargs: shares.append(
+            [int((kwargs["position_ids"] == 0).sum()), int(kwargs["input_ids"].numel())]), with_kwargs=True)
+
+
+@portaft.hookimpl
+def register_backends(register):
+    register(TransformersBackend("flat-cpu", "cpu", 1, "gloo", policy))
+
+
+@portaft.hookimpl
+def register_callbacks(register):
+    register(Shares())
+
+
+get_plugins().register(types.SimpleNamespace(register_backends=register_backends,
+                                             register_callbacks=register_callbacks), name="test-shares")
+portaft.run(sys.argv[1], backend="flat-cpu")
+Path(sys.argv[2], f"{sys.argv[3]}-rank{os.environ['RANK']}.json").write_text(json.dumps(shares))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(packing_supported() is not None, reason="batches are flattened only where transformers reads "
+                    "packed position_ids")
+def test_two_processes_share_each_step_by_tokens_and_train_the_same_losses(recipe_dict, write_recipe, tmp_path):
+    """balanced_processes on 2 CPU processes with flattened batches: every step trains the
+    samples it trained before (2 x 4 here), shared out so that the busiest process gets fewer
+    tokens, and the losses are the unbalanced run's (the Trainer divides by the step's tokens
+    over both processes). The note says so."""
+    data = tmp_path / "lengths.jsonl"
+    long, short = "one two three four five six seven eight nine ten " * 3, "yes"
+    rows = [{"conversation": [{"input": "say", "output": long if i % 4 == 0 else short}]} for i in range(16)]
+    data.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
+    recipe_dict["data"] = [{"path": str(data)}]
+    script = tmp_path / "shares.py"
+    script.write_text(SHARES_SCRIPT, encoding="utf-8")
+    runs = {}
+    for how in ("unbalanced", "balanced"):
+        recipe_dict["train"].update({"max_steps": 3, "save_strategy": "no", "output_dir": str(tmp_path / how)})
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                               str(write_recipe(recipe_dict)), str(tmp_path), how], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        record = json.loads((tmp_path / how / "portaft_run.json").read_text(encoding="utf-8"))
+        runs[how] = ([json.loads((tmp_path / f"{how}-rank{rank}.json").read_text()) for rank in (0, 1)],
+                     [e["loss"] for e in record["log_history"] if "loss" in e], record["notes"])
+    (before, losses_before, notes_before), (after, losses_after, notes_after) = runs["unbalanced"], runs["balanced"]
+    note = ("batches: each step's samples shared out between the 2 processes by their tokens (the same samples a step, "
+            "so the same loss; a step waits for its busiest process)")
+    assert note in notes_after and note not in notes_before
+    assert len(losses_after) == 3 and losses_after == pytest.approx(losses_before, rel=1e-5)
+    for step in range(3):
+        (samples_0, tokens_0), (samples_1, tokens_1) = after[0][step], after[1][step]
+        assert samples_0 + samples_1 == 8 and tokens_0 + tokens_1 == before[0][step][1] + before[1][step][1]
+        assert max(tokens_0, tokens_1) <= max(before[0][step][1], before[1][step][1])
+    # accelerate's shares were uneven in some step (4 samples each, by position), the new ones not
+    assert any(max(after[0][step][1], after[1][step][1]) < max(before[0][step][1], before[1][step][1])
+               for step in range(3)), (before, after)

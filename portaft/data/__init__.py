@@ -5,7 +5,8 @@
 
 Modules: `sources` (files, reading, where a record came from), `formats` (records to
 conversations), `templates` + `chat_templates` (rendering, trained spans), `encode`
-(the batched tokenize-and-mask pass), `mixing`, `packing`, `collator`.
+(the batched tokenize-and-mask pass), `mixing`, `packing`, `shares` (several processes'
+shares of a step), `collator`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from portaft.errors import UserError
 from portaft.recipe import Recipe, RecipeSource, load_recipe
 
-from . import packing  # noqa: F401  (portaft.data.packing, used by the runner)
+from . import packing, shares  # noqa: F401  (portaft.data.packing and .shares, used by the runner)
 from .collator import Seq2SeqCollator
 from .encode import CUT_IN_PROMPT, NOT_CUT, EncodeSettings, Encoder
 from .formats import BadSample, Format, detect_format, normalise, record_problem
