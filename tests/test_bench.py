@@ -29,3 +29,18 @@ def test_attention_benchmark_says_it_needs_a_gpu_instead_of_a_traceback():
     done = subprocess.run([sys.executable, str(REPO / "bench" / "attention.py")], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 2 and "no CUDA GPU is visible" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_shares_benchmark_counts_each_step_of_the_sft_mix_before_and_after_sharing_by_tokens(tmp_path):
+    """bench/shares.py (a smoke run): for 2, 4 and 8 processes, the busiest process's excess
+    over the mean with accelerate's shares and with shares by tokens, never more after."""
+    subprocess.run([sys.executable, str(REPO / "bench" / "shares.py"), "--samples", "256", "--trials", "2",
+                    "--out", str(tmp_path)], check=True, capture_output=True, timeout=600)
+    record = json.loads((tmp_path / "shares.json").read_text(encoding="utf-8"))
+    assert record["samples"] == 256 and set(record["results"]) == {"2", "4", "8"}
+    for processes, result in record["results"].items():
+        assert result["steps"] == 2 * (256 // (32 * int(processes)))
+        assert 0 <= result["by_tokens"] < result["accelerate"]
+        assert result["step_time_if_it_follows_tokens"] == round((1 + result["by_tokens"]) / (1 + result["accelerate"]),
+                                                                 4)
+    assert "| 2 | 8 | +" in (tmp_path / "shares.md").read_text(encoding="utf-8")
