@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import math
 import random
-from pathlib import Path
+
+import result_files  # bench/result_files.py
 
 # (heads, kv_heads, head_dim) of the benchmark's shapes (bench/models.py)
 HEADS = {"deepseek-llm-7b": (32, 32, 128), "qwen2.5-0.5b": (14, 2, 64)}
@@ -159,11 +159,7 @@ def main() -> None:
     record = {"benchmark": "attention", "date": datetime.date.today().isoformat(),
               "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
               "cudnn": torch.backends.cudnn.version(), "rows": rows}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "attention.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    (out / "attention.md").write_text(markdown(record), encoding="utf-8")
-    print(markdown(record))
+    result_files.write_results(args.out, "attention", record, markdown(record))
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import result_files  # bench/result_files.py
+
 REPO = Path(__file__).resolve().parents[1]
 
 PHRASES = [
@@ -165,9 +167,6 @@ def write_results(args, runs: dict[str, list[dict]]) -> None:
         "results": summary,
         "portaft_time_over_plain": round(ratio, 3),
     }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "preprocess.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     lines = [
         f"# Preprocessing {args.records} conversations ({record['date']}, {record['machine']})",
         "",
@@ -179,8 +178,7 @@ def write_results(args, runs: dict[str, list[dict]]) -> None:
                      f"{s['tokens']} | {s['tokens_per_second']} |")
     lines += ["", f"portaft takes {ratio:.2f}x the time of the plain batched map "
                   f"(versions: {', '.join(f'{k} {v}' for k, v in record['versions'].items())})."]
-    (out / "preprocess.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print("\n".join(lines))
+    result_files.write_results(args.out, "preprocess", record, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import result_files  # bench/result_files.py
+
 BENCH = Path(__file__).resolve().parent
 PROCESSES = (2, 4, 8)
 
@@ -105,11 +107,7 @@ def main() -> None:
               "mean_tokens": round(statistics.mean(lengths), 1), "longest": max(lengths), "batch": args.batch,
               "trials": args.trials,
               "results": {str(n): busiest_over_mean(lengths, n, args.batch, args.trials) for n in PROCESSES}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "shares.json").write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    (out / "shares.md").write_text(markdown(record), encoding="utf-8")
-    print(markdown(record))
+    result_files.write_results(args.out, "shares", record, markdown(record))
 
 
 if __name__ == "__main__":
