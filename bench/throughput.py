@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import math
 import os
@@ -441,6 +442,20 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             self.current: list[tuple] | None = None  # None outside a step: generation etc. is not counted
             self.begins: list = []
             self.ends: list = []
+            # Python's full garbage collections while training: (step, host ms); each walks every
+            # object the process holds, and a step where one falls waits for it
+            self.full_collections: list[tuple[int, float]] = []
+            self.collection_started = 0.0
+            gc.callbacks.append(self.on_collection)
+
+        def on_collection(self, phase, info):
+            if info["generation"] != 2 or not self.begins:
+                return
+            if phase == "start":
+                self.collection_started = time.perf_counter()
+            else:
+                self.full_collections.append(
+                    (len(self.begins), round((time.perf_counter() - self.collection_started) * 1e3, 1)))
 
         def mark(self):
             if not cuda:
@@ -491,6 +506,7 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                     profile_report(self.profiler, warmup, self.measured_ms(), cuda), encoding="utf-8")
 
         def on_train_end(self, args, state, control, **kwargs):
+            gc.callbacks.remove(self.on_collection)
             if cuda:
                 torch.cuda.synchronize()
                 self.peak = torch.cuda.max_memory_allocated() / 2**30
@@ -530,6 +546,7 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                     "step_tokens": [s[0] for s in per_step], "step_trained_tokens": [s[1] for s in per_step],
                     "step_samples": [s[2] for s in per_step], "micro_batches": [len(s) for s in self.steps],
                     "step_ms": self.step_ms(), **by_rank,
+                    "full_collections": [list(c) for c in self.full_collections],
                     "first_losses": self.losses[:FIRST_LOSSES], "losses": self.losses,
                     "matmul_parameters": self.parameters, "attention": self.attention}
 

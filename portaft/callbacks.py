@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any, Callable
 
 from transformers.trainer_callback import ProgressCallback, TrainerCallback
@@ -41,3 +42,38 @@ class AnswersWhileTraining(TrainerCallback):
         answers = self.ask(f"step {state.global_step}", model)
         if answers:
             self.during.append({"step": state.global_step, "answers": answers})
+
+
+class FrozenLongLivedObjects(TrainerCallback):
+    """Python's full garbage collection walks every object the process holds: with torch,
+    transformers, a 7B-shaped LoRA model and no compiled layers yet, 552k objects and about 300 ms
+    on a 2-core CPU, on whichever step it falls, while an accelerator waits for the host. The
+    objects alive once set-up and the first steps (where layers compile) are done are frozen out
+    of it (gc.freeze); what training allocates afterwards is collected as usual. Unfrozen when
+    training ends (`unfreeze`, also on an error), so a script calling portaft.run keeps its
+    collector as it was. A process that froze objects itself, or turned the collector off, is
+    left alone."""
+
+    FREEZE_UNTIL_STEP = 3  # compiled layers compile in step 1, and again for a new shape soon after
+
+    def __init__(self) -> None:
+        self.active = gc.isenabled() and gc.get_freeze_count() == 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._freeze()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step <= self.FREEZE_UNTIL_STEP:
+            self._freeze()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.unfreeze()
+
+    def _freeze(self) -> None:
+        if self.active:
+            gc.collect()  # garbage of set-up is freed, not frozen; after the first freeze this is quick
+            gc.freeze()
+
+    def unfreeze(self) -> None:
+        if self.active:
+            gc.unfreeze()

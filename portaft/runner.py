@@ -39,7 +39,7 @@ def run(
 
     from . import checkpoints, data, tracking
     from .adapters import prepare_for_training, trainable_summary
-    from .callbacks import AnswersWhileTraining, ReadableProgress
+    from .callbacks import AnswersWhileTraining, FrozenLongLivedObjects, ReadableProgress
     from .compat import numpy_in_checkpoints
     from .outputs import library_versions, peak_device_memory_gib, write_recipe, write_run
     from .plugins import choose_backend
@@ -150,8 +150,18 @@ def run(
     if start.checkpoint is not None:
         echo(f"portaft: resuming from {start.checkpoint} (step {start.step}); same recipe and data as the run "
              "that wrote it")
-    with numpy_in_checkpoints():
-        output = trainer.train(resume_from_checkpoint=str(start.checkpoint) if start.checkpoint else None)
+    frozen = FrozenLongLivedObjects()
+    if frozen.active:
+        trainer.add_callback(frozen)
+        note = ("host: the objects alive after set-up and the first 3 steps frozen out of Python's garbage "
+                "collector (gc.freeze): a full collection walks them all, about 300 ms on whichever step it falls")
+        notes.append(note)
+        echo(f"portaft: {note}")
+    try:
+        with numpy_in_checkpoints():
+            output = trainer.train(resume_from_checkpoint=str(start.checkpoint) if start.checkpoint else None)
+    finally:
+        frozen.unfreeze()
     if loss_watch.bad_step is not None:
         raise _diverged(loss_watch, output_dir)
     after = ask("after training", trainer.model)

@@ -265,3 +265,23 @@ def test_the_sync_finder_leaves_a_process_without_a_gpu_alone(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "2.0" and list(tmp_path.iterdir()) == []
+
+
+def test_the_meter_records_full_collections_with_their_step():
+    """A run's `full_collections`: each of Python's full garbage collections during training,
+    with the step it fell in and its host time (a slow step may be one of them); none are
+    recorded before training nor after it."""
+    import gc
+    import types
+
+    meter = load_benchmark().make_meter(warmup=0, cuda=False)
+    gc.collect()  # before training: not the run's
+    state = types.SimpleNamespace(global_step=1)
+    meter.on_step_begin(None, state, None)
+    gc.collect()
+    gc.collect(1)  # a younger generation's: cheap, not recorded
+    meter.on_step_end(None, state, types.SimpleNamespace(should_log=False))
+    meter.on_train_end(None, types.SimpleNamespace(log_history=[]), None)
+    gc.collect()  # after training: not the run's
+    assert [step for step, _ in meter.full_collections] == [1]
+    assert meter.full_collections[0][1] >= 0

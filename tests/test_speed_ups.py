@@ -124,14 +124,15 @@ def test_fused_lora_updates_are_switched_on_by_the_policy_on_the_adapter_model(l
         "add kernels"]
 
 
-def _adapted_tiny_model(tiny_model):
+def _adapted_tiny_model(tiny_model, dropout=0.0):
     from transformers import AutoModelForCausalLM
 
     from portaft.adapters import apply_lora
     from portaft.recipe import LoraSection
 
     torch.manual_seed(0)
-    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model), LoraSection(r=4, alpha=8, dropout=0.0), False)
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model), LoraSection(r=4, alpha=8, dropout=dropout),
+                       False)
     for name, parameter in model.named_parameters():
         if "lora_B" in name:  # peft starts B at zero: give the adapter something to add
             torch.nn.init.normal_(parameter, std=0.05)
@@ -167,6 +168,28 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model):
         for name, grad in grads.items():
             torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5)
     assert counters["stats"]["unique_graphs"] >= 1  # really compiled, not the eager forward twice
+
+
+def test_compiled_layers_draw_eager_dropout_masks(tiny_model):
+    """With LoRA dropout, compiled layers draw their masks as eager layers do (Inductor's
+    fallback_random): from the same seed, the same loss and gradients. Inductor's own random
+    numbers would give other masks, and a compiled run could not be compared step by step."""
+    from portaft.backends._speed_ups import _compile_layers
+
+    torch._dynamo.reset()
+    eager, compiled = _adapted_tiny_model(tiny_model, dropout=0.3), _adapted_tiny_model(tiny_model, dropout=0.3)
+    _compile_layers(compiled.get_base_model())
+    ids = torch.randint(3, 100, (2, 16))
+    torch.manual_seed(1)
+    loss, grads = _loss_and_grads(eager, ids)
+    torch.manual_seed(1)
+    compiled_loss, compiled_grads = _loss_and_grads(compiled, ids)
+    torch.manual_seed(2)  # other masks: a loss that differs, so the equality above is the masks'
+    other_loss, _ = _loss_and_grads(eager, ids)
+    assert other_loss != pytest.approx(loss, rel=1e-4)
+    assert compiled_loss == pytest.approx(loss, rel=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5)
 
 
 def _failing_compiler(graph, example_inputs):
