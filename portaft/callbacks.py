@@ -58,12 +58,14 @@ class FrozenLongLivedObjects(TrainerCallback):
 
     def __init__(self) -> None:
         self.active = gc.isenabled() and gc.get_freeze_count() == 0
+        self.steps = 0  # this process's steps: a resumed run compiles in its first steps too
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._freeze()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if state.global_step <= self.FREEZE_UNTIL_STEP:
+        self.steps += 1
+        if self.steps <= self.FREEZE_UNTIL_STEP:
             self._freeze()
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

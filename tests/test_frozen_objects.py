@@ -62,3 +62,24 @@ def test_a_process_managing_its_own_collector_is_left_alone(own):
         gc.unfreeze()
         gc.enable()
     del kept
+
+
+def test_a_resumed_run_freezes_after_its_own_first_steps():
+    """Layers compile in the first steps this process runs, whatever step it resumed from."""
+    import types
+
+    callback = FrozenLongLivedObjects()
+    try:
+        callback.on_train_begin(None, None, None)
+        state = types.SimpleNamespace(global_step=100)
+        counts, kept = [], []
+        for _ in range(4):
+            kept.append([[] for _ in range(500)])  # made in this step and kept, like a compiled graph
+            callback.on_step_end(None, state, None)
+            counts.append(gc.get_freeze_count())
+            state.global_step += 1
+        assert counts[0] < counts[1] < counts[2]  # frozen again after each of the first 3 steps
+        assert counts[3] == counts[2]  # not after the 4th: its 500 lists stay with the collector
+    finally:
+        callback.unfreeze()
+    assert gc.get_freeze_count() == 0
