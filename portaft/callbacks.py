@@ -49,9 +49,9 @@ class FrozenLongLivedObjects(TrainerCallback):
     transformers, a 7B-shaped LoRA model and no compiled layers yet, 552k objects and about 300 ms
     on a 2-core CPU, on whichever step it falls, while an accelerator waits for the host. The
     objects alive once set-up and the first steps (where layers compile) are done are frozen out
-    of it (gc.freeze); what training allocates afterwards is collected as usual. Unfrozen when
-    training ends (`unfreeze`, also on an error), so a script calling portaft.run keeps its
-    collector as it was. A process that froze objects itself, or turned the collector off, is
+    of it (gc.freeze); what training allocates afterwards is collected as usual. `unfreeze`,
+    which the runner calls once training ends or fails, gives them back, so a script calling
+    portaft.run keeps its collector as it was. A process that froze objects itself, or turned the collector off, is
     left alone."""
 
     FREEZE_UNTIL_STEP = 3  # compiled layers compile in step 1, and again for a new shape soon after
@@ -67,9 +67,6 @@ class FrozenLongLivedObjects(TrainerCallback):
         self.steps += 1
         if self.steps <= self.FREEZE_UNTIL_STEP:
             self._freeze()
-
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.unfreeze()
 
     def _freeze(self) -> None:
         if self.active:

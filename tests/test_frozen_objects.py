@@ -46,7 +46,6 @@ def test_a_run_that_fails_still_gives_the_collector_back(recipe_dict, monkeypatc
 
 @pytest.mark.parametrize("own", ["frozen", "disabled"])
 def test_a_process_managing_its_own_collector_is_left_alone(own):
-    kept = [object() for _ in range(3)]
     if own == "frozen":
         gc.freeze()
     else:
@@ -61,7 +60,6 @@ def test_a_process_managing_its_own_collector_is_left_alone(own):
     finally:
         gc.unfreeze()
         gc.enable()
-    del kept
 
 
 def test_a_resumed_run_freezes_after_its_own_first_steps():

@@ -147,6 +147,13 @@ def _loss_and_grads(model, ids):
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _assert_same_loss_and_grads(compiled, eager) -> None:
+    """(loss, grads) of a compiled run against an eager one: within float32 rounding."""
+    assert compiled[0] == pytest.approx(eager[0], rel=1e-5)
+    for name, grad in eager[1].items():
+        torch.testing.assert_close(compiled[1][name], grad, rtol=1e-4, atol=1e-5)
+
+
 def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model):
     """compile_layers (torch.compile per decoder layer, Inductor on this CPU): the same numbers
     within float32 rounding, over shapes that change from call to call."""
@@ -162,11 +169,7 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model):
         "compile fails they run uncompiled, with a warning)")
     for length in (12, 17):
         ids = torch.randint(3, 100, (2, length))
-        loss, grads = _loss_and_grads(eager, ids)
-        compiled_loss, compiled_grads = _loss_and_grads(compiled, ids)
-        assert compiled_loss == pytest.approx(loss, rel=1e-5)
-        for name, grad in grads.items():
-            torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5)
+        _assert_same_loss_and_grads(_loss_and_grads(compiled, ids), _loss_and_grads(eager, ids))
     assert counters["stats"]["unique_graphs"] >= 1  # really compiled, not the eager forward twice
 
 
@@ -181,15 +184,13 @@ def test_compiled_layers_draw_eager_dropout_masks(tiny_model):
     _compile_layers(compiled.get_base_model())
     ids = torch.randint(3, 100, (2, 16))
     torch.manual_seed(1)
-    loss, grads = _loss_and_grads(eager, ids)
+    eager_run = _loss_and_grads(eager, ids)
     torch.manual_seed(1)
-    compiled_loss, compiled_grads = _loss_and_grads(compiled, ids)
-    torch.manual_seed(2)  # other masks: a loss that differs, so the equality above is the masks'
+    compiled_run = _loss_and_grads(compiled, ids)
+    torch.manual_seed(2)  # other masks: a loss that differs, so the equality below is the masks'
     other_loss, _ = _loss_and_grads(eager, ids)
-    assert other_loss != pytest.approx(loss, rel=1e-4)
-    assert compiled_loss == pytest.approx(loss, rel=1e-5)
-    for name, grad in grads.items():
-        torch.testing.assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-5)
+    assert other_loss != pytest.approx(eager_run[0], rel=1e-4)
+    _assert_same_loss_and_grads(compiled_run, eager_run)
 
 
 def _failing_compiler(graph, example_inputs):
