@@ -432,7 +432,9 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
     """A TrainerCallback that times optimizer steps after `warmup` and counts the tokens of
     every micro-batch the model ran (a forward pre-hook), on the device: no extra syncs.
     With `profile` (a file), the two steps after the warm-up run under torch.profiler and
-    its table of kernels by device time goes to that file (those steps' timings suffer)."""
+    its table of kernels by device time goes to that file; the two after those run under it
+    again on a GPU, with Python stacks (which cost the host too much time to show its gaps),
+    to say where the host waited (those steps' timings suffer)."""
     import torch
     from transformers import TrainerCallback
 
@@ -485,9 +487,10 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.current = []
-            if profile and len(self.begins) == warmup:
+            if profile and (len(self.begins) == warmup or cuda and len(self.begins) == warmup + 2):
                 self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
-                                                       + ([torch.profiler.ProfilerActivity.CUDA] if cuda else []))
+                                                       + ([torch.profiler.ProfilerActivity.CUDA] if cuda else []),
+                                                       with_stack=len(self.begins) > warmup)
                 self.profiler.start()
             self.begins.append(self.mark())
 
@@ -497,16 +500,22 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             self.ends.append(self.mark())
             self.steps.append(self.current)
             self.current = None
-            if profile and len(self.ends) == warmup + 2:
+            if profile and (len(self.ends) == warmup + 2 or cuda and len(self.ends) == warmup + 4):
                 self.profiler.stop()
                 if cuda:
                     torch.cuda.synchronize()
                 rank = int(os.environ.get("RANK", "0"))  # under torchrun: a file per process
-                Path(profile if not rank else f"{profile[:-4]}-rank{rank}.txt").write_text(
-                    profile_report(self.profiler, warmup, self.measured_ms(), cuda), encoding="utf-8")
+                out = Path(profile if not rank else f"{profile[:-4]}-rank{rank}.txt")
+                if len(self.ends) == warmup + 2:
+                    out.write_text(profile_report(self.profiler, warmup, self.measured_ms(), cuda), encoding="utf-8")
+                else:
+                    with out.open("a", encoding="utf-8") as report:
+                        report.write("\n" + "\n".join(wait_sites(self.profiler.events(), warmup + 2)) + "\n")
 
         def on_train_end(self, args, state, control, **kwargs):
             gc.callbacks.remove(self.on_collection)
+            if profile and cuda and warmup + 2 < len(self.begins) and len(self.ends) < warmup + 4:
+                self.profiler.stop()  # the run ended inside the profile with stacks: nothing to say
             if cuda:
                 torch.cuda.synchronize()
                 self.peak = torch.cuda.max_memory_allocated() / 2**30
@@ -588,6 +597,45 @@ def profile_report(profiler, warmup: int, wall_ms: float, cuda: bool) -> str:
     lines += ["", "by CPU time (the host's own work):", averages.table(sort_by="self_cpu_time_total", row_limit=30,
                                                                          max_name_column_width=70)]
     return "\n".join(lines) + "\n"
+
+
+def wait_sites(events, after: int, shown: int = 12) -> list[str]:
+    """Where the host waited for the GPU, by the Python code that asked (a profile recorded
+    with stacks): each sync, and each copy of 0.1 ms or more, under the innermost frame and
+    the nearest three outside torch's own files. After a sync the GPU runs dry until the
+    host launches again, so each site costs at least that launch latency a step."""
+    from torch.autograd import DeviceType
+
+    sites: dict[str, list] = {}
+    for event in events:
+        if event.device_type != DeviceType.CPU or event.name not in WAITS:
+            continue
+        took = (event.time_range.end - event.time_range.start) / 1e3
+        if "Synchronize" not in event.name and took < 0.1:  # copies that did not wait
+            continue
+        asker, stack = event, []
+        while asker is not None and not stack:  # a runtime call's stack is its aten op's
+            stack, asker = list(getattr(asker, "stack", None) or []), getattr(asker, "cpu_parent", None)
+        outside = [frame for frame in stack[1:] if "/torch/" not in frame and not frame.startswith("<built-in")]
+        frames = [_short_frame(frame) for frame in stack[:1] + outside[:3]] or ["no Python stack recorded"]
+        site = sites.setdefault(f"{event.name}: " + " < ".join(frames), [0, 0.0])
+        site[0] += 1
+        site[1] += took
+    lines = [f"where the host waited for the GPU (steps {after + 1}-{after + 2}, profiled again with Python "
+             f"stacks; innermost frame first): " + ("" if sites else "nowhere")]
+    for site, (count, took) in sorted(sites.items(), key=lambda item: -item[1][0])[:shown]:
+        lines.append(f"  {count}x, {took:.1f} ms: {site}")
+    return lines
+
+
+def _short_frame(frame: str) -> str:
+    """'/x/site-packages/transformers/masking_utils.py(755): f' -> 'transformers/masking_utils.py(755): f'."""
+    path, _, rest = frame.partition("(")
+    if "site-packages/" in path:
+        path = path.rsplit("site-packages/", 1)[1]
+    else:
+        path = "/".join(path.split("/")[-2:])
+    return f"{path}({rest}" if rest else path
 
 
 def idle_gaps(kernels: list[tuple[float, float, str]], host: list, shown: int = 8) -> list[str]:
@@ -909,7 +957,8 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=1,
                         help="portaft path only: that many GPUs (processes under torchrun, as portaft run --nproc)")
     parser.add_argument("--profile", action="store_true",
-                        help="write OUT/profile-SHAPE-LENGTHS-PATH.txt: torch.profiler's kernels of two measured steps")
+                        help="write OUT/profile-SHAPE-LENGTHS-PATH.txt: torch.profiler's kernels of two measured steps, "
+                             "then where the host waited in the next two (profiled with Python stacks)")
     parser.add_argument("--samples", type=int, help="synthetic samples (default: as many as the longest path uses)")
     parser.add_argument("--out", default=str(BENCH / "results"))
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "portaft-bench"))

@@ -181,6 +181,48 @@ def test_a_gpu_profile_shows_where_the_gpu_ran_dry_and_what_the_host_did_meanwhi
     assert load_benchmark().idle_gaps([(0, 10, "gemm")], host) == []
 
 
+def test_a_gpu_profile_names_the_code_that_made_the_host_wait():
+    """A sync costs a step the launch latency after it, so each one is worth naming: by the
+    stack of the aten op that made it (a runtime call has none of its own), innermost frame
+    first, then the nearest ones outside torch. Copies that did not wait are left out."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    site = "/venv/lib/python3.12/site-packages/"
+    packed = [site + "transformers/masking_utils.py(755): find_packed_sequence_indices",
+              site + "torch/nn/modules/module.py(1775): _call_impl",
+              site + "transformers/models/llama/modeling_llama.py(391): forward",
+              "/work/main/portaft/checkpoints.py(242): training_step",
+              site + "transformers/trainer.py(2014): training_step"]
+    loss = [site + "liger_kernel/ops/fused_linear_cross_entropy.py(132): fused_linear_cross_entropy_forward"]
+
+    def event(name, start, end, parent=None, stack=()):  # microseconds
+        return SimpleNamespace(name=name, device_type=DeviceType.CPU, time_range=SimpleNamespace(start=start, end=end),
+                               cpu_parent=parent, stack=list(stack))
+
+    item_1, item_2, item_3 = (event("aten::item", t, t + 900, stack=packed) for t in (0, 5000, 9000))
+    liger = event("aten::item", 3000, 3500, stack=loss)
+    events = [item_1, event("cudaStreamSynchronize", 10, 800, parent=item_1),
+              item_2, event("cudaStreamSynchronize", 5010, 5700, parent=item_2),
+              liger, event("cudaMemcpyAsync", 3010, 3020, parent=liger),  # a copy that did not wait
+              event("cudaStreamSynchronize", 3020, 3400, parent=liger),
+              item_3, event("cudaMemcpyAsync", 9010, 9800, parent=item_3),  # a copy that waited
+              event("cudaStreamSynchronize", 12000, 12100)]  # no op around it
+    assert load_benchmark().wait_sites(events, 5) == [
+        "where the host waited for the GPU (steps 6-7, profiled again with Python stacks; innermost frame first): ",
+        "  2x, 1.5 ms: cudaStreamSynchronize: transformers/masking_utils.py(755): find_packed_sequence_indices < "
+        "transformers/models/llama/modeling_llama.py(391): forward < portaft/checkpoints.py(242): training_step < "
+        "transformers/trainer.py(2014): training_step",
+        "  1x, 0.4 ms: cudaStreamSynchronize: liger_kernel/ops/fused_linear_cross_entropy.py(132): "
+        "fused_linear_cross_entropy_forward",
+        "  1x, 0.8 ms: cudaMemcpyAsync: transformers/masking_utils.py(755): find_packed_sequence_indices < "
+        "transformers/models/llama/modeling_llama.py(391): forward < portaft/checkpoints.py(242): training_step < "
+        "transformers/trainer.py(2014): training_step",
+        "  1x, 0.1 ms: cudaStreamSynchronize: no Python stack recorded"]
+    assert load_benchmark().wait_sites([], 5)[0].endswith("nowhere")
+
+
 @pytest.mark.slow
 def test_two_processes_count_the_tokens_of_both_and_the_table_gives_the_scaling(tmp_path):
     """--nproc 2: the portaft path under torchrun (gloo on the CPU); every step's count is
