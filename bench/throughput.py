@@ -444,6 +444,10 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             self.current: list[tuple] | None = None  # None outside a step: generation etc. is not counted
             self.begins: list = []
             self.ends: list = []
+            # profiled pairs of steps, by the count of steps before them: the kernels, then on a
+            # GPU where the host waited (with Python stacks)
+            self.profile_after = (warmup, warmup + 2) if cuda else (warmup,)
+            self.profiling = False
             # Python's full garbage collections while training: (step, host ms); each walks every
             # object the process holds, and a step where one falls waits for it
             self.full_collections: list[tuple[int, float]] = []
@@ -487,11 +491,12 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
 
         def on_step_begin(self, args, state, control, **kwargs):
             self.current = []
-            if profile and (len(self.begins) == warmup or cuda and len(self.begins) == warmup + 2):
+            if profile and len(self.begins) in self.profile_after:
                 self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
                                                        + ([torch.profiler.ProfilerActivity.CUDA] if cuda else []),
                                                        with_stack=len(self.begins) > warmup)
                 self.profiler.start()
+                self.profiling = True
             self.begins.append(self.mark())
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -500,8 +505,9 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             self.ends.append(self.mark())
             self.steps.append(self.current)
             self.current = None
-            if profile and (len(self.ends) == warmup + 2 or cuda and len(self.ends) == warmup + 4):
+            if self.profiling and len(self.ends) - 2 in self.profile_after:
                 self.profiler.stop()
+                self.profiling = False
                 if cuda:
                     torch.cuda.synchronize()
                 rank = int(os.environ.get("RANK", "0"))  # under torchrun: a file per process
@@ -514,8 +520,8 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
 
         def on_train_end(self, args, state, control, **kwargs):
             gc.callbacks.remove(self.on_collection)
-            if profile and cuda and warmup + 2 < len(self.begins) and len(self.ends) < warmup + 4:
-                self.profiler.stop()  # the run ended inside the profile with stacks: nothing to say
+            if self.profiling:  # the run ended inside a profiled pair: nothing to say
+                self.profiler.stop()
             if cuda:
                 torch.cuda.synchronize()
                 self.peak = torch.cuda.max_memory_allocated() / 2**30
