@@ -492,9 +492,12 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
         def on_step_begin(self, args, state, control, **kwargs):
             self.current = []
             if profile and len(self.begins) in self.profile_after:
+                from torch._C._profiler import _ExperimentalConfig
+
+                stacks = len(self.begins) > warmup  # verbose: without it torch records no op's stack
                 self.profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]
                                                        + ([torch.profiler.ProfilerActivity.CUDA] if cuda else []),
-                                                       with_stack=len(self.begins) > warmup)
+                                                       with_stack=stacks, experimental_config=_ExperimentalConfig(verbose=stacks))
                 self.profiler.start()
                 self.profiling = True
             self.begins.append(self.mark())
@@ -612,6 +615,9 @@ def wait_sites(events, after: int, shown: int = 12) -> list[str]:
     host launches again, so each site costs at least that launch latency a step."""
     from torch.autograd import DeviceType
 
+    # On a GPU the runtime calls come with the driver's thread id, so torch gives them no
+    # parent op: the op that asked is then the innermost one with a stack around the call.
+    ops = [e for e in events if e.device_type == DeviceType.CPU and not e.name.startswith("cuda")]
     sites: dict[str, list] = {}
     for event in events:
         if event.device_type != DeviceType.CPU or event.name not in WAITS:
@@ -622,8 +628,14 @@ def wait_sites(events, after: int, shown: int = 12) -> list[str]:
         asker, stack = event, []
         while asker is not None and not stack:  # a runtime call's stack is its aten op's
             stack, asker = list(getattr(asker, "stack", None) or []), getattr(asker, "cpu_parent", None)
+        around = sorted((e for e in ops if e.time_range.start <= event.time_range.start
+                         and event.time_range.end <= e.time_range.end),
+                        key=lambda e: e.time_range.end - e.time_range.start)
+        if not stack:
+            stack = next((list(e.stack) for e in around if getattr(e, "stack", None)), [])
         outside = [frame for frame in stack[1:] if "/torch/" not in frame and not frame.startswith("<built-in")]
-        frames = [_short_frame(frame) for frame in stack[:1] + outside[:3]] or ["no Python stack recorded"]
+        frames = [_short_frame(frame) for frame in stack[:1] + outside[:3]] or [
+            "no Python stack recorded" + (f" (inside {', '.join(e.name for e in around[:3])})" if around else "")]
         site = sites.setdefault(f"{event.name}: " + " < ".join(frames), [0, 0.0])
         site[0] += 1
         site[1] += took

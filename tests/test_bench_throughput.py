@@ -183,8 +183,9 @@ def test_a_gpu_profile_shows_where_the_gpu_ran_dry_and_what_the_host_did_meanwhi
 
 def test_a_gpu_profile_names_the_code_that_made_the_host_wait():
     """A sync costs a step the launch latency after it, so each one is worth naming: by the
-    stack of the aten op that made it (a runtime call has none of its own), innermost frame
-    first, then the nearest ones outside torch. Copies that did not wait are left out."""
+    stack of the aten op that made it (a runtime call has none of its own; on a GPU it has no
+    parent either, so the innermost op around it), innermost frame first, then the nearest
+    ones outside torch. Copies that did not wait are left out."""
     from types import SimpleNamespace
 
     from torch.autograd import DeviceType
@@ -206,9 +207,11 @@ def test_a_gpu_profile_names_the_code_that_made_the_host_wait():
     events = [item_1, event("cudaStreamSynchronize", 10, 800, parent=item_1),
               item_2, event("cudaStreamSynchronize", 5010, 5700, parent=item_2),
               liger, event("cudaMemcpyAsync", 3010, 3020, parent=liger),  # a copy that did not wait
-              event("cudaStreamSynchronize", 3020, 3400, parent=liger),
+              event("cudaStreamSynchronize", 3020, 3400),  # no parent (a GPU's runtime calls): the op around it
               item_3, event("cudaMemcpyAsync", 9010, 9800, parent=item_3),  # a copy that waited
-              event("cudaStreamSynchronize", 12000, 12100)]  # no op around it
+              event("cudaStreamSynchronize", 12000, 12100),  # no op around it
+              event("aten::_local_scalar_dense", 13000, 13500),  # an op without a stack around it
+              event("cudaStreamSynchronize", 13010, 13400)]
     assert load_benchmark().wait_sites(events, 5) == [
         "where the host waited for the GPU (steps 6-7, profiled again with Python stacks; innermost frame first): ",
         "  2x, 1.5 ms: cudaStreamSynchronize: transformers/masking_utils.py(755): find_packed_sequence_indices < "
@@ -219,7 +222,8 @@ def test_a_gpu_profile_names_the_code_that_made_the_host_wait():
         "  1x, 0.8 ms: cudaMemcpyAsync: transformers/masking_utils.py(755): find_packed_sequence_indices < "
         "transformers/models/llama/modeling_llama.py(391): forward < portaft/checkpoints.py(242): training_step < "
         "transformers/trainer.py(2014): training_step",
-        "  1x, 0.1 ms: cudaStreamSynchronize: no Python stack recorded"]
+        "  1x, 0.1 ms: cudaStreamSynchronize: no Python stack recorded",
+        "  1x, 0.4 ms: cudaStreamSynchronize: no Python stack recorded (inside aten::_local_scalar_dense)"]
     assert load_benchmark().wait_sites([], 5)[0].endswith("nowhere")
 
 

@@ -6,7 +6,10 @@ Python imports this file at start-up in every process the benchmark starts. With
 set, torch warns at every operation that synchronizes with the GPU
 (torch.cuda.set_sync_debug_mode); the stacks of those inside the Trainer's training loop are
 counted, and each process writes them, most frequent first, to OUT/syncs-PID.txt at exit.
-How step 12 found the one sync of a non-logging step (bench/results/steps/12-...).
+Step 12 (bench/results/steps/12-...) found one sync of a non-logging step with it; until
+2026-12-04 it kept only the stacks whose last 2,500 characters showed the training loop and
+none from the backward's thread: probably why it missed Liger's three, which a profile with
+stacks found (bench/results/h200-2026-12-04-waits/; this version is not yet run on a GPU).
 """
 
 import os
@@ -14,6 +17,7 @@ import os
 if os.environ.get("FIND_SYNCS"):
     import atexit
     import collections
+    import threading
     import traceback
     import warnings
 
@@ -22,9 +26,14 @@ if os.environ.get("FIND_SYNCS"):
     _stacks: collections.Counter = collections.Counter()
 
     def _count(message, category, filename, lineno, file=None, line=None):
-        stack = "".join(traceback.format_stack()[:-2])[-2500:]  # the end of the stack: who asked
-        if "training_step" in stack or "_inner_training_loop" in stack:  # not loading or saving
-            _stacks[stack] += 1
+        stack = "".join(traceback.format_stack()[:-2])
+        # inside the training loop (not loading or saving), looked for in the whole stack: a
+        # fused loss's is deep enough to push the loop out of the end that is kept; or on
+        # another thread, where autograd runs the backward (its stack starts at the op)
+        backward = threading.current_thread() is not threading.main_thread()
+        if backward or "training_step" in stack or "_inner_training_loop" in stack:
+            where = f"[thread {threading.current_thread().name}]\n" if backward else ""
+            _stacks[where + stack[-2500:]] += 1  # the end of the stack: who asked
 
     def _write():
         if _stacks:
