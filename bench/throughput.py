@@ -26,7 +26,8 @@ step (`portaft.data.build`). Each (path, round) is its own process, the paths' o
 rotates from round to round, and a path that fails (out of memory...) is recorded
 with its error while the others go on. Inside each process one TrainerCallback (for
 portaft through its `register_callbacks` plugin hook) times optimizer steps with CUDA
-events after the warm-up steps, and a forward pre-hook on the model counts the tokens of
+events after the warm-up steps (a step in which torch.compile compiled a graph is left
+out too, and listed), and a forward pre-hook on the model counts the tokens of
 every micro-batch that ran: useful (non-pad) tokens, trained tokens (labels != -100),
 samples. MFU = useful tokens/s x 4 x N / peak, N = the parameters in matmuls (all but
 the input embedding; a tied one counts once, as the LM head): forward 2N + backward 2N
@@ -431,6 +432,10 @@ def data_report(config: dict) -> dict:
 def make_meter(warmup: int, cuda: bool, profile: str | None = None):
     """A TrainerCallback that times optimizer steps after `warmup` and counts the tokens of
     every micro-batch the model ran (a forward pre-hook), on the device: no extra syncs.
+    A step in which torch.compile compiled a graph (the compiled layers meet a new kind of
+    batch, e.g. the first 4k batch holding a shorter sample) is left out of the measurement
+    and listed: a one-time cost of seconds that a run of 16 steps would otherwise spread
+    over every step.
     With `profile` (a file), the two steps after the warm-up run under torch.profiler and
     its table of kernels by device time goes to that file; the two after those run under it
     again on a GPU, with Python stacks (which cost the host too much time to show its gaps),
@@ -452,6 +457,8 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             # object the process holds, and a step where one falls waits for it
             self.full_collections: list[tuple[int, float]] = []
             self.collection_started = 0.0
+            self.compiled_steps: list[int] = []  # 1-based numbers of the steps that compiled a graph
+            self.graphs_before = 0
             gc.callbacks.append(self.on_collection)
 
         def on_collection(self, phase, info):
@@ -500,6 +507,7 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                                                        with_stack=stacks, experimental_config=_ExperimentalConfig(verbose=stacks))
                 self.profiler.start()
                 self.profiling = True
+            self.graphs_before = compiled_graphs()
             self.begins.append(self.mark())
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -507,6 +515,8 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                 control.should_log = True
             self.ends.append(self.mark())
             self.steps.append(self.current)
+            if compiled_graphs() > self.graphs_before:
+                self.compiled_steps.append(len(self.ends))
             self.current = None
             if self.profiling and len(self.ends) - 2 in self.profile_after:
                 self.profiler.stop()
@@ -542,11 +552,10 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             return start.elapsed_time(self.ends[-1]) if cuda else (self.ends[-1] - start) * 1e3
 
         def results(self) -> dict:
-            measured = len(self.ends) - warmup
-            if measured <= 0:
+            if len(self.ends) <= warmup:
                 raise RuntimeError(f"{len(self.ends)} steps ran, none after the {warmup} warm-up steps")
-            seconds = self.measured_ms() / 1e3
             per_step = [[sum(int(batch[i]) for batch in step) for i in range(3)] for step in self.steps]
+            compiled = [number in self.compiled_steps for number in range(1, len(self.ends) + 1)]
             by_rank = {}
             if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process's tokens
                 counts = torch.tensor(per_step, device="cuda" if cuda else "cpu")
@@ -555,20 +564,45 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                 per_step = torch.stack(gathered).sum(0).tolist()
                 # a step waits for its busiest process: how uneven the processes' shares were
                 by_rank = {"rank_step_tokens": [[step[0] for step in rank.tolist()] for rank in gathered]}
-            useful, trained = (sum(step[i] for step in per_step[warmup:]) for i in range(2))
-            return {"steps": len(self.ends), "measured_steps": measured, "seconds": round(seconds, 4),
+                # a compile in one process holds up the other: every process leaves that step out
+                flags = torch.tensor(compiled, dtype=torch.int32, device=counts.device)
+                torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+                compiled = [bool(flag) for flag in flags.tolist()]
+            measured = [i for i in range(warmup, len(self.ends)) if not compiled[i]]
+            if not measured:
+                raise RuntimeError(f"every step after the {warmup} warm-up steps compiled a graph: none to measure")
+            step_ms = self.step_ms()
+            seconds = sum(step_ms[i] for i in measured) / 1e3
+            useful, trained = (sum(per_step[s][i] for s in measured) for i in range(2))
+            return {"steps": len(self.ends), "warmup": warmup, "measured_steps": len(measured),
+                    "compiled_steps": [i + 1 for i, flag in enumerate(compiled) if flag],
+                    "seconds": round(seconds, 4),
                     "tokens": useful, "trained_tokens": trained, "tokens_per_second": round(useful / seconds, 1),
                     "trained_tokens_per_second": round(trained / seconds, 1),
-                    "step_seconds": round(seconds / measured, 4),
+                    "step_seconds": round(seconds / len(measured), 4),
                     "peak_memory_gib": round(self.peak, 2) if cuda else None,
                     "step_tokens": [s[0] for s in per_step], "step_trained_tokens": [s[1] for s in per_step],
                     "step_samples": [s[2] for s in per_step], "micro_batches": [len(s) for s in self.steps],
-                    "step_ms": self.step_ms(), **by_rank,
+                    "step_ms": step_ms, **by_rank,
                     "full_collections": [list(c) for c in self.full_collections],
                     "first_losses": self.losses[:FIRST_LOSSES], "losses": self.losses,
                     "matmul_parameters": self.parameters, "attention": self.attention}
 
     return Meter()
+
+
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has compiled in this process so far."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+def measured_indices(run: dict) -> list[int]:
+    """0-based indices of a run's measured steps: after its warm-up, none that compiled."""
+    warmup = run.get("warmup", run["steps"] - run["measured_steps"])  # results written before compiles were left out
+    left_out = set(run.get("compiled_steps", ()))
+    return [i for i in range(warmup, run["steps"]) if i + 1 not in left_out]
 
 
 # host calls that wait for the device: where a step cannot run ahead of the GPU
@@ -772,8 +806,8 @@ def busiest_process_excess(run: dict) -> float | None:
     ranks = run.get("rank_step_tokens")
     if not ranks:
         return None
-    measured = list(zip(*ranks))[run["steps"] - run["measured_steps"]:]
-    return statistics.mean(max(step) / statistics.mean(step) for step in measured) - 1
+    by_step = list(zip(*ranks))
+    return statistics.mean(max(by_step[i]) / statistics.mean(by_step[i]) for i in measured_indices(run)) - 1
 
 
 def spec_peak(gpu: str | None) -> float | None:
@@ -787,7 +821,8 @@ def markdown(records: list[dict]) -> str:
     """One table over every (shape, lengths) record."""
     lines = ["# Training throughput: seed settings, tuned plain HF, portaft", "",
              "Useful (non-pad) tokens per second, median of the rounds (min-max), counted from the batches that "
-             "ran, after the warm-up steps; LoRA r=64 on all linear layers; same data and initial weights for "
+             "ran, after the warm-up steps and leaving out steps that compiled a graph (listed below each "
+             "run); LoRA r=64 on all linear layers; same data and initial weights for "
              "every path, so the losses of step 1 must agree (the seed path's first step holds the first 16 "
              "samples of the others' first batch). MFU = tokens/s x 4 x N / peak (N: parameters in matmuls; "
              "attention left out). Written by `python bench/throughput.py` (see its docstring).", "",
@@ -830,8 +865,21 @@ def markdown(records: list[dict]) -> str:
                      + (f"rounds merged from {len(merged)} runs of the benchmark ("
                         + ", ".join(f"{m['rounds']} on {m['date']}" for m in merged) + "); "
                         if (merged := record.get("merged_from")) else "")
+                     + _left_out(record)
                      + "versions: " + ", ".join(f"{k} {v}" for k, v in _versions(record).items()))
     return "\n".join(lines + scaling(records) + ["", "Runs:", ""] + notes) + "\n"
+
+
+def _left_out(record: dict) -> str:
+    """The measured steps left out because they compiled a graph, by path and round."""
+    parts = []
+    for run in record["runs"]:
+        left_out = [n for n in run.get("compiled_steps", ()) if n > run["warmup"]]  # written with the warm-up
+        if left_out:
+            ms = ", ".join(f"{run['step_ms'][n - 1] / 1e3:.1f} s" for n in left_out)
+            parts.append(f"{run['path']} round {run.get('round', 1)} step{'s' * (len(left_out) > 1)} "
+                         f"{', '.join(map(str, left_out))} ({ms})")
+    return f"left out for compiling: {'; '.join(parts)}; " if parts else ""
 
 
 def scaling(records: list[dict]) -> list[str]:

@@ -272,6 +272,40 @@ def test_the_busiest_process_is_measured_over_the_measured_steps_only():
     assert load_benchmark().busiest_process_excess({"steps": 3, "measured_steps": 2}) is None
 
 
+def test_a_step_that_compiles_is_left_out_of_the_measurement_and_listed():
+    """The compiled layers compile again for a new kind of batch (a 4k batch holding a
+    shorter sample: seconds, once): that step is not throughput. The meter leaves it out
+    like the warm-up, says which step it was, and so does the table."""
+    import torch
+    from types import SimpleNamespace
+
+    bench = load_benchmark()
+    meter = bench.make_meter(warmup=1, cuda=False)
+    meter.parameters, meter.attention = 1000, "sdpa"
+    state = SimpleNamespace(global_step=0, log_history=[{"loss": 2.0}])
+    compiled = torch.compile(lambda x: x * 2 + 1, backend="eager")
+    for step, tokens in enumerate((100, 200, 300, 400), start=1):
+        meter.on_step_begin(None, state, None)
+        meter.current.append((torch.tensor(tokens), torch.tensor(tokens // 2), torch.tensor(2)))
+        if step in (1, 3):  # the first compile (in the warm-up) and a compile later on
+            compiled(torch.ones(step))
+        state.global_step = step
+        meter.on_step_end(None, state, SimpleNamespace(should_log=False))
+    meter.on_train_end(None, state, None)
+    run = meter.results()
+    assert run["compiled_steps"] == [1, 3] and run["warmup"] == 1 and run["steps"] == 4
+    assert run["measured_steps"] == 2 and run["tokens"] == 200 + 400 and run["trained_tokens"] == 100 + 200
+    assert run["seconds"] == pytest.approx((run["step_ms"][1] + run["step_ms"][3]) / 1e3, abs=1e-3)
+    assert bench.measured_indices(run) == [1, 3]
+    record = {"shape": "tiny", "lengths": "sft", "date": "today", "summary": {},
+              "settings": {"rounds": 1, "steps": 4, "seed_steps": 4, "warmup": 1},
+              "runs": [{**run, "path": "portaft", "round": 1}]}
+    assert f"left out for compiling: portaft round 1 step 3 ({run['step_ms'][2] / 1e3:.1f} s); " in bench.markdown([record])
+    # several processes: the busiest one's excess over the same measured steps
+    ranks = {**run, "rank_step_tokens": [[0, 30, 999, 20], [0, 10, 1, 20]]}
+    assert bench.busiest_process_excess(ranks) == pytest.approx(0.25)
+
+
 def test_rounds_run_apart_merge_into_one_table_and_other_benchmarks_are_refused(tmp_path):
     """--merge: rounds of one benchmark run on two GPUs at once (or in two calls) are one
     table's rounds, renumbered, with the median of all; a file of another benchmark is refused."""
