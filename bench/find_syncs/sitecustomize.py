@@ -8,8 +8,9 @@ set, torch warns at every operation that synchronizes with the GPU
 counted, and each process writes them, most frequent first, to OUT/syncs-PID.txt at exit.
 Step 12 (bench/results/steps/12-...) found one sync of a non-logging step with it; until
 2026-12-04 it kept only the stacks whose last 2,500 characters showed the training loop and
-none from the backward's thread: probably why it missed Liger's three, which a profile with
-stacks found (bench/results/h200-2026-12-04-waits/; this version is not yet run on a GPU).
+none from the backward's thread: why it missed Liger's three, which a profile with
+stacks found (bench/results/h200-2026-12-04-waits/). This version finds all four on an
+H200 (bench/results/h200-2026-12-04-compile-steps/).
 """
 
 import os
