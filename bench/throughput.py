@@ -568,14 +568,15 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                 flags = torch.tensor(compiled, dtype=torch.int32, device=counts.device)
                 torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
                 compiled = [bool(flag) for flag in flags.tolist()]
-            measured = [i for i in range(warmup, len(self.ends)) if not compiled[i]]
+            compiled_steps = [i + 1 for i, flag in enumerate(compiled) if flag]
+            measured = measured_indices({"steps": len(self.ends), "warmup": warmup, "compiled_steps": compiled_steps})
             if not measured:
                 raise RuntimeError(f"every step after the {warmup} warm-up steps compiled a graph: none to measure")
             step_ms = self.step_ms()
             seconds = sum(step_ms[i] for i in measured) / 1e3
             useful, trained = (sum(per_step[s][i] for s in measured) for i in range(2))
             return {"steps": len(self.ends), "warmup": warmup, "measured_steps": len(measured),
-                    "compiled_steps": [i + 1 for i, flag in enumerate(compiled) if flag],
+                    "compiled_steps": compiled_steps,
                     "seconds": round(seconds, 4),
                     "tokens": useful, "trained_tokens": trained, "tokens_per_second": round(useful / seconds, 1),
                     "trained_tokens_per_second": round(trained / seconds, 1),
@@ -600,7 +601,8 @@ def compiled_graphs() -> int:
 
 def measured_indices(run: dict) -> list[int]:
     """0-based indices of a run's measured steps: after its warm-up, none that compiled."""
-    warmup = run.get("warmup", run["steps"] - run["measured_steps"])  # results written before compiles were left out
+    # results written before compiles were left out have no warm-up of their own: all after it measured
+    warmup = run["warmup"] if "warmup" in run else run["steps"] - run["measured_steps"]
     left_out = set(run.get("compiled_steps", ()))
     return [i for i in range(warmup, run["steps"]) if i + 1 not in left_out]
 
