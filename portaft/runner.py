@@ -170,36 +170,58 @@ def run(
     trainer.save_model(str(output_dir))  # the Trainer saves from the first process only
     result = RunResult(output_dir, chosen.name, notes, dict(output.metrics), list(trainer.state.log_history), before, after,
                        during.during if during is not None else [])
-    if not trainer.is_world_process_zero():
-        return result
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer.save_pretrained(str(output_dir))
-    write_recipe(output_dir, effective, notes)
-    record = {
-        "backend": chosen.name,
-        "device": str(args.device),
-        "processes": world_size,
-        "template": built.template_name,
-        "versions": library_versions(),
-        "identity": identity,
-        "resumed_from": str(start.checkpoint) if start.checkpoint else None,
-        "notes": notes,
-        "data": data.report_rows(built.reports),
-        "skipped": built.warnings[1:],
-        "metrics": result.metrics,
-        "peak_memory_gib": peak_device_memory_gib(args.device),
-        "log_history": result.log_history,
-        "samples": {"before": before, "during": result.samples_during, "after": after},
-        "seconds": round(time.time() - started, 1),
-    }
-    write_run(output_dir, record)
-    _write_report(output_dir, record, echo)
-    echo(f"portaft: adapter saved in {output_dir}")
+    if trainer.is_world_process_zero():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(str(output_dir))
+        write_recipe(output_dir, effective, notes)
+        record = {
+            "backend": chosen.name,
+            "device": str(args.device),
+            "processes": world_size,
+            "template": built.template_name,
+            "versions": library_versions(),
+            "identity": identity,
+            "resumed_from": str(start.checkpoint) if start.checkpoint else None,
+            "notes": notes,
+            "data": data.report_rows(built.reports),
+            "skipped": built.warnings[1:],
+            "metrics": result.metrics,
+            "peak_memory_gib": peak_device_memory_gib(args.device),
+            "log_history": result.log_history,
+            "samples": {"before": before, "during": result.samples_during, "after": after},
+            "seconds": round(time.time() - started, 1),
+        }
+        write_run(output_dir, record)
+        _write_report(output_dir, record, echo)
+        echo(f"portaft: adapter saved in {output_dir}")
+    if world_size > 1:
+        # every process returns once the run's output is complete, not while the first still writes
+        trainer.accelerator.wait_for_everyone()
+        _leave_process_group_at_exit()
     return result
 
 
 def _silent(_: str) -> None:
     pass
+
+
+def _leave_process_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _leave_process_group_at_exit() -> None:
+    """A process group still alive when the interpreter shuts down is torn down by its
+    C++ destructors in no promised order: in CI a process that had trained well once died
+    there with SIGABRT ("terminate called without an active exception", gloo) and torchrun
+    failed the run. Leave it before that, as accelerate's end_training and LLaMA-Factory do;
+    at exit, not here, because a script may still use the group after run() returns."""
+    import atexit
+
+    atexit.unregister(_leave_process_group)  # once, however many runs the script makes
+    atexit.register(_leave_process_group)
 
 
 def _one_device_per_process(args: Any, world_size: int) -> list[str]:

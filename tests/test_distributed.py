@@ -127,3 +127,43 @@ def test_two_processes_share_each_step_by_tokens_and_train_the_same_losses(recip
     # accelerate's shares were uneven in some step (4 samples each, by position), the new ones not
     assert any(max(after[0][step][1], after[1][step][1]) < max(before[0][step][1], before[1][step][1])
                for step in range(3)), (before, after)
+
+
+# a user's script under torchrun: what each process finds when portaft.run() returns, and
+# whether the process group is still there at exit (an exit hook registered before run()
+# runs after portaft's: atexit calls the last registered first)
+SCRIPT_USING_RUN = """
+import atexit, json, os, sys
+from pathlib import Path
+
+import torch.distributed as dist
+
+import portaft
+
+rank, out = os.environ["RANK"], Path(sys.argv[2])
+atexit.register(lambda: print(f"rank {rank}: group alive at exit: {dist.is_initialized()}", flush=True))
+portaft.run(sys.argv[1], backend="cpu")
+print(f"rank {rank}: output complete on return: {(out / 'portaft_run.json').is_file()}", flush=True)
+print(f"rank {rank}: group usable after run: {dist.is_initialized() and dist.get_world_size() == 2}", flush=True)
+"""
+
+
+def test_every_process_returns_from_run_once_the_output_is_written_and_leaves_the_group_at_exit(
+        recipe_dict, write_recipe, tmp_path):
+    """The first process writes the adapter and record after training (and answers the
+    eval prompts): the others wait for it, so a script may read the output on any process.
+    The process group stays usable after run() and is left at exit, not torn down by the
+    interpreter's shutdown (where a process once died with SIGABRT in CI)."""
+    out = tmp_path / "out"
+    recipe_dict["train"].update({"max_steps": 2, "save_strategy": "no", "output_dir": str(out)})
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT_USING_RUN, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
+                           str(write_recipe(recipe_dict)), str(out)], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    said = [line for line in done.stdout.splitlines() if line.startswith("rank ")]
+    for rank in (0, 1):
+        assert f"rank {rank}: output complete on return: True" in said, said
+        assert f"rank {rank}: group usable after run: True" in said, said
+        assert f"rank {rank}: group alive at exit: False" in said, said
