@@ -78,6 +78,8 @@ def run(
     identity = checkpoints.training_identity(effective)
     start = checkpoints.plan_start(effective, identity)
     if start.finished is not None:
+        if world_size > 1:
+            _leave_process_group_at_exit()  # the training arguments have set it up
         return _already_finished(start.finished, chosen.name, notes, effective, echo)
     if rank == 0:
         checkpoints.clear(start)
