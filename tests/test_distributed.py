@@ -131,7 +131,8 @@ def test_two_processes_share_each_step_by_tokens_and_train_the_same_losses(recip
 
 # a user's script under torchrun: what each process finds when portaft.run() returns, and
 # whether the process group is still there at exit (an exit hook registered before run()
-# runs after portaft's: atexit calls the last registered first)
+# runs after portaft's: atexit calls the last registered first). Each process writes its own
+# file: lines the two print to one stdout can interleave.
 SCRIPT_USING_RUN = """
 import atexit, json, os, sys
 from pathlib import Path
@@ -140,11 +141,18 @@ import torch.distributed as dist
 
 import portaft
 
-rank, out = os.environ["RANK"], Path(sys.argv[2])
-atexit.register(lambda: print(f"rank {rank}: group alive at exit: {dist.is_initialized()}", flush=True))
+found, out, said = {}, Path(sys.argv[2]), Path(sys.argv[3], f"rank{os.environ['RANK']}.json")
+
+
+def at_exit():
+    found["group alive at exit"] = dist.is_initialized()
+    said.write_text(json.dumps(found))
+
+
+atexit.register(at_exit)
 portaft.run(sys.argv[1], backend="cpu")
-print(f"rank {rank}: output complete on return: {(out / 'portaft_run.json').is_file()}", flush=True)
-print(f"rank {rank}: group usable after run: {dist.is_initialized() and dist.get_world_size() == 2}", flush=True)
+found["output complete on return"] = (out / "portaft_run.json").is_file()
+found["group usable after run"] = dist.is_initialized() and dist.get_world_size() == 2
 """
 
 
@@ -159,11 +167,9 @@ def test_every_process_returns_from_run_once_the_output_is_written_and_leaves_th
     script = tmp_path / "script.py"
     script.write_text(SCRIPT_USING_RUN, encoding="utf-8")
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script),
-                           str(write_recipe(recipe_dict)), str(out)], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                           str(write_recipe(recipe_dict)), str(out), str(tmp_path)], capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    said = [line for line in done.stdout.splitlines() if line.startswith("rank ")]
+    expected = {"output complete on return": True, "group usable after run": True, "group alive at exit": False}
     for rank in (0, 1):
-        assert f"rank {rank}: output complete on return: True" in said, said
-        assert f"rank {rank}: group usable after run: True" in said, said
-        assert f"rank {rank}: group alive at exit: False" in said, said
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == expected, rank
