@@ -35,7 +35,7 @@ PROCESSES = (2, 4, 8)
 def sample_lengths(samples: int, folder: Path) -> list[int]:
     """Tokens of each of the benchmark's sft samples, as portaft's data step makes them."""
     sys.path.insert(0, str(BENCH))
-    from throughput import MAX_LENGTH, sft_conversations
+    from throughput_settings import MAX_LENGTH, sft_conversations  # bench/throughput_settings.py
 
     import portaft.data
     from portaft import load_recipe

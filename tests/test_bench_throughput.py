@@ -90,10 +90,18 @@ def test_results_are_written_as_tables_and_the_recipe_is_a_plain_one(smoke_run):
                                               "max_steps", "logging_steps", "save_strategy", "report_to"}
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("throughput", REPO / "bench" / "throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def load_benchmark(name):
+    """bench/NAME.py by its path (bench/ is no package): throughput_meter (the step meter, the
+    profile's report), throughput_results (summaries, tables, --merge) or throughput (the
+    driver). bench/ is on sys.path meanwhile, as for `python bench/throughput.py`: the
+    modules import their siblings."""
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
     return module
 
 
@@ -108,8 +116,8 @@ def test_a_path_out_of_memory_runs_again_at_half_the_batch_and_keeps_it():
 
     saved = []
     batches = {"seed": 2, "tuned": 8, "portaft": 32}
-    load_benchmark().run_rounds(["seed", "tuned", "portaft"], range(1, 3), batches, launch,
-                                lambda runs, oom: saved.append((list(runs), list(oom))))
+    load_benchmark("throughput").run_rounds(["seed", "tuned", "portaft"], range(1, 3), batches, launch,
+                                            lambda runs, oom: saved.append((list(runs), list(oom))))
     runs, out_of_memory = saved[-1]
     assert [(r["path"], r["round"], r["batch"]) for r in runs] == [
         ("seed", 1, 2), ("tuned", 1, 8), ("portaft", 1, 8), ("tuned", 2, 8), ("portaft", 2, 8), ("seed", 2, 2)]
@@ -120,13 +128,14 @@ def test_a_path_out_of_memory_runs_again_at_half_the_batch_and_keeps_it():
 
 def test_the_seed_path_keeps_the_tutorial_batch_even_out_of_memory():
     saved = []
-    load_benchmark().run_rounds(["seed"], range(1, 2), {"seed": 2}, lambda *_: {"error": "CUDA out of memory"},
-                                lambda runs, oom: saved.append((list(runs), list(oom))))
+    load_benchmark("throughput").run_rounds(["seed"], range(1, 2), {"seed": 2},
+                                            lambda *_: {"error": "CUDA out of memory"},
+                                            lambda runs, oom: saved.append((list(runs), list(oom))))
     assert saved[-1] == ([{"path": "seed", "round": 1, "batch": 2, "error": "CUDA out of memory"}], [])
 
 
 def test_a_profile_counts_time_two_kernels_overlap_once():
-    covered = load_benchmark().covered
+    covered = load_benchmark("throughput_meter").covered
     assert covered([]) == 0
     assert covered([(0, 10), (5, 15), (20, 25)]) == 20  # 0-15 and 20-25
     assert covered([(20, 25), (0, 10), (2, 4)]) == 15  # unsorted, one inside another
@@ -151,7 +160,7 @@ def test_a_gpu_profile_says_how_busy_the_gpu_was_and_how_long_the_host_waited_fo
               event("cudaLaunchKernel", DeviceType.CPU, 6, 9)]
     tables = SimpleNamespace(table=lambda sort_by, **_: f"[table by {sort_by}]")
     profiler = SimpleNamespace(events=lambda: events, key_averages=lambda: tables)
-    report = load_benchmark().profile_report(profiler, 5, 10.0, cuda=True).splitlines()
+    report = load_benchmark("throughput_meter").profile_report(profiler, 5, 10.0, cuda=True).splitlines()
     assert report[:3] == ["two optimizer steps after 5 warm-up steps: 10.0 ms",
                           "GPU busy 3.0 ms (30%), of which collectives 2.5 ms",
                           "host waiting for the GPU: cudaStreamSynchronize 1x 2.0 ms; kernel launches: 2"]
@@ -172,13 +181,13 @@ def test_a_gpu_profile_shows_where_the_gpu_ran_dry_and_what_the_host_did_meanwhi
     item = op("aten::item", 3000, 4150)
     host = [item, op("cudaStreamSynchronize", 3010, 4140, parent=item), op("Optimizer.step#AdamW.step", 8000, 9150),
             op("aten::to", 9300, 9400)]
-    lines = load_benchmark().idle_gaps(kernels, host)
+    lines = load_benchmark("throughput_meter").idle_gaps(kernels, host)
     assert lines == ["GPU idle between its kernels: 5.3 ms in 2 gaps, 5.0 ms of it in gaps of 1 ms or more; "
                      "the largest:",
                      "  5.0 ms at 4.1 ms: after norm, before adam; host: Optimizer.step#AdamW.step 1.1 ms, "
                      "aten::item 0.1 ms",
                      "  0.3 ms at 9.2 ms: after adam, before embedding; host: aten::to 0.1 ms"]
-    assert load_benchmark().idle_gaps([(0, 10, "gemm")], host) == []
+    assert load_benchmark("throughput_meter").idle_gaps([(0, 10, "gemm")], host) == []
 
 
 def test_a_gpu_profile_names_the_code_that_made_the_host_wait():
@@ -212,7 +221,7 @@ def test_a_gpu_profile_names_the_code_that_made_the_host_wait():
               event("cudaStreamSynchronize", 12000, 12100),  # no op around it
               event("aten::_local_scalar_dense", 13000, 13500),  # an op without a stack around it
               event("cudaStreamSynchronize", 13010, 13400)]
-    assert load_benchmark().wait_sites(events, 5) == [
+    assert load_benchmark("throughput_meter").wait_sites(events, 5) == [
         "where the host waited for the GPU (steps 6-7, profiled again with Python stacks; innermost frame first): ",
         "  2x, 1.5 ms: cudaStreamSynchronize: transformers/masking_utils.py(755): find_packed_sequence_indices < "
         "transformers/models/llama/modeling_llama.py(391): forward < portaft/checkpoints.py(242): training_step < "
@@ -224,7 +233,7 @@ def test_a_gpu_profile_names_the_code_that_made_the_host_wait():
         "transformers/trainer.py(2014): training_step",
         "  1x, 0.1 ms: cudaStreamSynchronize: no Python stack recorded",
         "  1x, 0.4 ms: cudaStreamSynchronize: no Python stack recorded (inside aten::_local_scalar_dense)"]
-    assert load_benchmark().wait_sites([], 5)[0].endswith("nowhere")
+    assert load_benchmark("throughput_meter").wait_sites([], 5)[0].endswith("nowhere")
 
 
 @pytest.mark.slow
@@ -251,7 +260,7 @@ def test_two_processes_count_the_tokens_of_both_and_the_table_gives_the_scaling(
     assert [sum(step) for step in zip(*run["rank_step_tokens"])] == run["step_tokens"]
     assert len(run["step_ms"]) == 3 and all(ms > 0 for ms in run["step_ms"])
     excess = record["summary"]["portaft"]["busiest_process_excess"]
-    assert excess == round(load_benchmark().busiest_process_excess(run), 4) and excess >= 0
+    assert excess == round(load_benchmark("throughput_results").busiest_process_excess(run), 4) and excess >= 0
     table = (out / "throughput.md").read_text()
     assert record["nproc"] == 2 and f"| {run['batch']} x 2 processes |" in table
     (one,) = json.loads((out / "throughput-tiny-sft.json").read_text(encoding="utf-8"))["runs"]
@@ -268,8 +277,8 @@ def test_the_busiest_process_is_measured_over_the_measured_steps_only():
     """A step waits for its busiest process: over the steps after the warm-up, how many more
     tokens it had than the processes' mean (here 30 against 20, then an even step: 25%)."""
     run = {"steps": 3, "measured_steps": 2, "rank_step_tokens": [[900, 10, 30], [100, 30, 30]]}
-    assert load_benchmark().busiest_process_excess(run) == pytest.approx(0.25)
-    assert load_benchmark().busiest_process_excess({"steps": 3, "measured_steps": 2}) is None
+    assert load_benchmark("throughput_results").busiest_process_excess(run) == pytest.approx(0.25)
+    assert load_benchmark("throughput_results").busiest_process_excess({"steps": 3, "measured_steps": 2}) is None
 
 
 def test_a_step_that_compiles_is_left_out_of_the_measurement_and_listed():
@@ -279,8 +288,8 @@ def test_a_step_that_compiles_is_left_out_of_the_measurement_and_listed():
     import torch
     from types import SimpleNamespace
 
-    bench = load_benchmark()
-    meter = bench.make_meter(warmup=1, cuda=False)
+    bench = load_benchmark("throughput_results")  # measured_indices: throughput_meter's, imported there
+    meter = load_benchmark("throughput_meter").make_meter(warmup=1, cuda=False)
     meter.parameters, meter.attention = 1000, "sdpa"
     state = SimpleNamespace(global_step=0, log_history=[{"loss": 2.0}])
     compiled = torch.compile(lambda x: x * 2 + 1, backend="eager")
@@ -309,7 +318,7 @@ def test_a_step_that_compiles_is_left_out_of_the_measurement_and_listed():
 def test_rounds_run_apart_merge_into_one_table_and_other_benchmarks_are_refused(tmp_path):
     """--merge: rounds of one benchmark run on two GPUs at once (or in two calls) are one
     table's rounds, renumbered, with the median of all; a file of another benchmark is refused."""
-    bench = load_benchmark()
+    bench = load_benchmark("throughput_results")
 
     def record(name, speeds, peak, **changes):
         runs = [{"path": "portaft", "round": i, "batch": 2, "tokens_per_second": speed, "step_seconds": 1.0,
@@ -354,7 +363,7 @@ def test_the_meter_records_full_collections_with_their_step():
     import gc
     import types
 
-    meter = load_benchmark().make_meter(warmup=0, cuda=False)
+    meter = load_benchmark("throughput_meter").make_meter(warmup=0, cuda=False)
     gc.collect()  # before training: not the run's
     state = types.SimpleNamespace(global_step=1)
     meter.on_step_begin(None, state, None)
