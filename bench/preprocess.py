@@ -85,13 +85,14 @@ def run_plain(data: str, model: str, processes: int | None = None) -> dict:
 def run_portaft(data: str, model: str) -> dict:
     import portaft.data
     from portaft import load_recipe
+    from portaft.plugins import get_plugins
 
     recipe = load_recipe({"model": {"name_or_path": model}, "data": [{"path": data}], "template": "deepseek",
                           "max_length": 4096, "train": {"output_dir": "/tmp/unused"}})
     tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(model)
     portaft.data.prepare_tokenizer(tokenizer)
     started = time.perf_counter()
-    built = portaft.data.build(recipe, tokenizer)
+    built = portaft.data.build(recipe, tokenizer, get_plugins())
     seconds = time.perf_counter() - started
     report = built.reports[0]
     return {"seconds": seconds, "records": len(built.dataset), "tokens": report.tokens,

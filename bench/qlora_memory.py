@@ -64,8 +64,6 @@ def main() -> None:
         path = work / f"{name}.yaml"
         path.write_text(yaml.safe_dump({**recipe(model, data, run_dir, args.steps), **extra,
                                         "resume": False, "overwrite": True}))
-        # from the work folder: run in a source checkout, `-m portaft` would import the
-        # checkout's portaft/ (which lacks portaft.backends) instead of the installed one
         subprocess.run([sys.executable, "-m", "portaft", "run", str(path)], check=True, cwd=work)
         record = json.loads((run_dir / "portaft_run.json").read_text(encoding="utf-8"))
         losses = [e["loss"] for e in record["log_history"] if "loss" in e]
@@ -79,11 +77,11 @@ def write_results(args: argparse.Namespace, results: dict) -> None:
     import torch
     import transformers
 
-    import portaft.outputs
+    import portaft.runner.outputs
 
     record = {"benchmark": "qlora_memory", "shape": args.shape, "steps": args.steps,
               "date": datetime.date.today().isoformat(), "gpu": torch.cuda.get_device_name(),
-              "versions": portaft.outputs.library_versions() | {"transformers": transformers.__version__},
+              "versions": portaft.runner.outputs.library_versions() | {"transformers": transformers.__version__},
               "results": results}
     out = Path(args.out)
     (out / "qlora_memory.json").write_text(json.dumps(record, indent=2), encoding="utf-8")

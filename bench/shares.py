@@ -9,9 +9,9 @@ process. For 2, 4 and 8 processes this counts, over random orders of the benchma
 sft samples (`throughput.py`'s data, tokenized by portaft's data step with the DeepSeek
 tokenizer), how many more tokens the busiest process has than the processes' mean:
 with accelerate's shares, and with portaft's shares by tokens (the cuda policy switch
-`balanced_processes`, `portaft/data/shares.py`). Tokens, not time: where a step's time
+`balanced_shares`, `portaft/data/shares.py`). Tokens, not time: where a step's time
 follows its tokens, the ratio of the two is what sharing by tokens can gain; a GPU run
-(`throughput.py --nproc 2 --portaft-with balanced_processes`) says what it does gain.
+(`throughput.py --nproc 2 --portaft-with balanced_shares`) says what it does gain.
 Results go to OUT/shares.json and OUT/shares.md.
 """
 
@@ -39,6 +39,7 @@ def sample_lengths(samples: int, folder: Path) -> list[int]:
 
     import portaft.data
     from portaft import load_recipe
+    from portaft.plugins import get_plugins
     from portaft.testing import build_tiny_model
     from transformers import AutoTokenizer
 
@@ -51,7 +52,7 @@ def sample_lengths(samples: int, folder: Path) -> list[int]:
     recipe = load_recipe({"model": {"name_or_path": str(model)}, "data": [{"path": str(data)}],
                           "template": "deepseek", "max_length": MAX_LENGTH["sft"],
                           "train": {"output_dir": str(folder / "out")}})
-    return portaft.data.build(recipe, tokenizer).lengths
+    return portaft.data.build(recipe, tokenizer, get_plugins()).lengths
 
 
 def busiest_over_mean(lengths: list[int], processes: int, batch: int, trials: int) -> dict:
@@ -85,7 +86,7 @@ def markdown(record: dict) -> str:
              f"{record['samples']} samples of `throughput.py`'s sft mix (mean {record['mean_tokens']} tokens, at most "
              f"{record['longest']}), {record['batch']} a process a step, {record['trials']} random orders; the "
              "busiest process's tokens over the processes' mean. Tokens, not time: `bench/shares.py`.", "",
-             "| processes | steps | accelerate's shares (same samples each) | shares by tokens (`balanced_processes`) "
+             "| processes | steps | accelerate's shares (same samples each) | shares by tokens (`balanced_shares`) "
              "| step time, if it follows tokens |",
              "|---|---|---|---|---|"]
     for processes, r in record["results"].items():

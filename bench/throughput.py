@@ -158,8 +158,8 @@ def run_rounds(paths: list[str], rounds: range, batches: dict[str, int], launch,
 
 
 def _subprocess_json(arguments: list[str], work: Path, timeout: float, log: str = "prepare", nproc: int = 1) -> dict:
-    """Run this script with `arguments` in the work folder (never the repository root, whose
-    portaft/ lacks portaft.backends); it writes its result as JSON, its output goes to a log.
+    """Run this script with `arguments` in the work folder; it writes its result as JSON, its
+    output goes to a log.
     `nproc` > 1: as that many processes under torchrun, as `portaft run --nproc` launches them."""
     log_file, result = work / "logs" / f"{log}.log", work / "logs" / f"{log}.json"
     log_file.parent.mkdir(exist_ok=True)

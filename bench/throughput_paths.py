@@ -174,24 +174,36 @@ def run_portaft(config: dict, batch: int, meter, cuda: bool) -> dict:
 
     get_plugins().register(types.SimpleNamespace(register_callbacks=register_callbacks), name="throughput-meter")
     without, adding = config.get("portaft_without") or [], config.get("portaft_with") or []
-    if without or adding:  # an ablation: the cuda backend with speed-ups switched off or on (the same recipe)
-        from portaft.backends.cuda import CUDA
+    if without or adding:  # an ablation: the cuda backend with speed-ups left out or added (the same recipe)
+        from portaft.backends.cuda import CudaBackend
 
-        for speed_up in without:
-            setattr(CUDA, speed_up, False)
-        for speed_up in adding:
-            setattr(CUDA, speed_up, True)
+        offered = [s for s in CudaBackend.SPEED_UPS if s.NAME not in without and s.NAME not in adding]
+        CudaBackend.SPEED_UPS = (*offered, *(_added_speed_up(name) for name in adding))
     recipe = recipe_path(config, batch)  # the driver has emptied its output_dir
     portaft.run(recipe)
     return {"recipe": str(recipe), "without": without, "with": adding}
 
 
+def _added_speed_up(name: str):
+    """The speed-up module `name`, last in the list (after those it may depend on); one that
+    applies only under several processes applies with one too."""
+    import importlib
+
+    module = importlib.import_module(f"portaft.speed_ups.{name}")
+    if name != "attention_without_masks":
+        return module
+    return types.SimpleNamespace(NAME=module.NAME, STAGE=module.STAGE, apply=module.apply,
+                                 applies=lambda training: None if "varlen_attention" in training.applied
+                                 else "it serves varlen_attention, which this run does not use")
+
+
 def _portaft_rows(config: dict, tokenizer):
     import portaft.data
-    from portaft import load_recipe
+    from portaft.plugins import get_plugins
 
     portaft.data.prepare_tokenizer(tokenizer)
-    return portaft.data.build(load_recipe(portaft_recipe(config, 1)), tokenizer)  # the batch changes no row
+    plugins = get_plugins()  # the batch changes no row
+    return portaft.data.build(plugins.read_recipe(portaft_recipe(config, 1)), tokenizer, plugins)
 
 
 def data_report(config: dict) -> dict:
@@ -208,9 +220,9 @@ def data_report(config: dict) -> dict:
 def versions() -> dict:
     from importlib import metadata
 
-    import portaft.outputs
+    import portaft.runner.outputs
 
-    found = portaft.outputs.library_versions()
+    found = portaft.runner.outputs.library_versions()
     for name in ("liger-kernel", "triton"):
         try:
             found[name] = metadata.version(name)

@@ -13,11 +13,12 @@ import math
 import random
 
 PATHS = ("seed", "tuned", "portaft")
-# the cuda backend's policy switches an ablation may turn off (on by default) or on (off by default);
-# varlen_without_masks is on by default under several processes only, so it is in both
-DEFAULT_SPEED_UPS = ("padding_free", "varlen_attention", "varlen_without_masks", "cudnn_attention", "fused_loss",
-                     "larger_loss_chunks", "fused_norms", "compile_layers", "queue_ahead")
-OPT_IN_SPEED_UPS = ("varlen_without_masks", "fused_lora", "balanced_processes")
+# the cuda backend's speed-ups (portaft/speed_ups/) an ablation may leave out (offered by default) or
+# add (not offered); attention_without_masks applies by default under several processes only, and
+# added it applies with one process too, so it is in both
+DEFAULT_SPEED_UPS = ("queue_ahead", "padding_free", "varlen_attention", "cudnn_attention", "attention_without_masks",
+                     "compiled_layers", "fused_loss", "fused_norms")
+OPT_IN_SPEED_UPS = ("attention_without_masks", "lora_fusion", "balanced_shares")
 SHAPES = ("qwen2.5-0.5b", "llama-3.2-1b", "deepseek-llm-7b", "tiny")
 MAX_LENGTH = {"sft": 1024, "4k": 4096}
 # tuned and portaft per-device batch; at 4k a batch of 32 sequences would not fit

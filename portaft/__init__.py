@@ -7,9 +7,8 @@ Plugins import one name: ``from portaft import hookimpl``.
 """
 
 from .errors import BackendUnavailable, RecipeError, UserError
-from .hookspecs import hookimpl
-from .plugins import get_backend
-from .recipe import Recipe, load_recipe
+from .plugins import get_backend, hookimpl, load_recipe
+from .recipe import Recipe
 from .runner import RunResult, run
 
 __version__ = "0.1.0"

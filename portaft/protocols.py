@@ -1,11 +1,16 @@
-"""The small surfaces the core calls. Backends satisfy them structurally."""
+"""Exactly what portaft's core calls: on a backend, on the training arguments and the trainer
+it returns, and on a speed-up. `portaft.backends.TransformersBackend` has all of it; a
+backend written from scratch must too (plugins refuse one that lacks a member)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol, Sequence, runtime_checkable
 
 if TYPE_CHECKING:
+    from .backends.device import Device
     from .recipe import Recipe
+    from .speed_ups import Training
 
 
 @runtime_checkable
@@ -23,39 +28,74 @@ class Backend(Protocol):
         """Why is_available() is False, in words a user can act on; None if available."""
 
     def resolve(self, recipe: Recipe) -> tuple[Recipe, list[str]]:
-        """The recipe this backend will really run, plus one note per change made."""
+        """The recipe this backend will really run (a copy), plus one note per change made."""
+
+    def device_for(self, recipe: Recipe) -> Device:
+        """What the run's device is: this backend's hardware, or the CPU's under `device: cpu`."""
+
+    def speed_ups(self, recipe: Recipe) -> Sequence[SpeedUp]:
+        """The speed-ups this backend offers for the run, in the order they are tried."""
 
     def load_tokenizer(self, recipe: Recipe) -> Any: ...
 
     def load_model(self, recipe: Recipe) -> Any:
         """The base model, on this backend's device, without any adapter."""
 
-    def training_arguments(self, **kwargs: Any) -> Any: ...
+    def training_arguments(self, **kwargs: Any) -> TrainingArguments:
+        """The library's TrainingArguments from the effective recipe's `train:` keys; this
+        sets up the processes (torch.distributed) and the device."""
 
-    def trainer(self, **kwargs: Any) -> Trainer: ...
-
-    def collator(self, tokenizer: Any) -> Collator | None:
+    def collator(self, tokenizer: Any) -> Any:
         """The backend library's seq2seq collator, or None to use portaft's own."""
 
-    # Optional: `padding_free(recipe) -> bool`. True makes portaft flatten each batch's
-    # samples into one row (no pad tokens; the same loss). Absent means padded batches.
-    # Optional: `speed_up(model, recipe) -> list[str]`, called with the model the Trainer
-    # will train (the adapter applied): instance-only changes that train faster with the
-    # same loss (attention kernels, a fused loss), one note each for the run's record.
+    def trainer(self, *, model: Any, args: TrainingArguments, train_dataset: Any, data_collator: Any,
+                tokenizer: Any, batch_sampler: Any = None) -> Trainer:
+        """The library's Trainer. `batch_sampler` (packing, batches shared out by tokens):
+        the Trainer must draw its training batches from it, through `data_collator`."""
+
+
+class TrainingArguments(Protocol):
+    device: Any  # the torch device this process trains on
+
+    def main_process_first(self, desc: str = ...) -> AbstractContextManager[Any]:
+        """The first process runs the block before the others do (they then read its cache)."""
+
+
+class TrainState(Protocol):
+    global_step: int
+    log_history: list[dict]
 
 
 class Trainer(Protocol):
-    state: Any  # .log_history, .global_step
+    model: Any  # the model being trained (portaft's, after the adapter)
+    state: TrainState
 
-    def train(self, **kwargs: Any) -> Any: ...
+    def add_callback(self, callback: Any) -> None:
+        """A transformers TrainerCallback (class or instance): on_train_begin, on_step_end, on_log, on_save..."""
+
+    def remove_callback(self, callback: Any) -> None: ...
+
+    def train(self, resume_from_checkpoint: str | None = None) -> Any:
+        """Train; the result has `metrics` (train_loss, train_runtime, ...)."""
 
     def save_model(self, output_dir: str | None = None) -> None: ...
 
+    def is_world_process_zero(self) -> bool: ...
 
-class Collator(Protocol):
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]: ...
+
+class SpeedUp(Protocol):
+    """One speed-up (portaft/speed_ups/): the same loss, less time or memory."""
+
+    NAME: str
+    STAGE: str  # "settings": changes the recipe's training settings, before anything loads; "model": after
+
+    def applies(self, training: Training) -> str | None:
+        """None when it applies to this run, else why not (for the run's notes)."""
+
+    def apply(self, training: Training) -> str:
+        """Make the change; return what was done, one line for the run's notes."""
 
 
 BACKEND_MEMBERS = ("name", "device_type", "priority", "distributed_backend", "is_available",
-                   "unavailable_reason", "resolve", "load_tokenizer", "load_model",
-                   "training_arguments", "trainer", "collator")
+                   "unavailable_reason", "resolve", "device_for", "speed_ups", "load_tokenizer", "load_model",
+                   "training_arguments", "collator", "trainer")

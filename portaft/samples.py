@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .data.templates import render, stop_token_ids
+from portaft.data.templates import render, stop_token_ids
 
 
 def answer_prompts(model: Any, tokenizer: Any, template: str, prompts: list, max_new_tokens: int = 48,
@@ -66,7 +66,7 @@ def _half_precision_autocast(model: Any, device: Any) -> Any:
 
     import torch
 
-    from .compat import autocast
+    from portaft.compat import autocast
 
     dtype = getattr(model, "dtype", None)
     if dtype not in (torch.bfloat16, torch.float16):

@@ -25,7 +25,7 @@ import yaml
 
 RECIPE = Path("examples/self_identity.yaml")
 
-# kill -9 half-way through writing checkpoint-8 (weights on disk, RNG state not), as tests/test_resume.py
+# kill -9 half-way through writing checkpoint-8 (weights on disk, RNG state not), as tests/runs/test_resume.py
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from transformers import Trainer

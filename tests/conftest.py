@@ -8,6 +8,15 @@ from portaft import plugins
 from portaft.testing import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
+TIERS = {"runs": "run", "contract": "contract", "bench": "bench", "gpu": "gpu"}  # tests/unit: no marker
+
+
+def pytest_collection_modifyitems(items):
+    """Each tier's folder marks its tests (`-m "not run"` and the like select by tier)."""
+    for item in items:
+        tier = Path(item.path).relative_to(REPO / "tests").parts[0]
+        if tier in TIERS:
+            item.add_marker(TIERS[tier])
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +70,16 @@ def conversation_file(tmp_path) -> Path:
                           {"input": "What can you do?", "output": "Answer questions."}]},
     ] * 4
     path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def varied_file(tmp_path) -> Path:
+    """Conversations of varied lengths, some of two turns (packing's tests)."""
+    path = tmp_path / "varied.jsonl"
+    rows = [{"conversation": [{"input": "问题" * (1 + i % 5), "output": "回答" * (1 + (i * 3) % 7)}]
+             + [{"input": "再问", "output": "再答" * (1 + i % 3)}] * (i % 2)} for i in range(12)]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
 
 

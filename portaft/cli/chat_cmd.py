@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 
 
 def handle(args) -> int:
-    from portaft.chat import Sampling, converse, open_session
+    from portaft.after.chat import Sampling, converse, open_session
 
     def status(line: str) -> None:  # stdout carries the replies only
         print(line, file=sys.stderr, flush=True)

@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 def handle(args) -> int:
     from pathlib import Path
 
-    from portaft import compare
+    from portaft.after import compare
 
     out = Path(args.out)
     compare.check_chart_path(out)

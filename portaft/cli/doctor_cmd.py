@@ -14,7 +14,7 @@ def add_parser(sub) -> None:
 
 
 def handle(args) -> int:
-    from portaft.doctor import diagnose
+    from portaft.checks.doctor import diagnose
 
     report = diagnose()
     if args.json:

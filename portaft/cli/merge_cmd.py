@@ -17,7 +17,7 @@ def add_parser(sub) -> None:
 
 
 def handle(args) -> int:
-    from portaft.merge import merge
+    from portaft.after.merge import merge
 
     merge(args.output_dir, args.to, max_shard_size=args.max_shard_size, dtype=args.dtype, overwrite=args.overwrite,
           base=args.base)

@@ -22,7 +22,7 @@ def add_parser(sub) -> None:
 def handle(args) -> int:
     from pathlib import Path
 
-    from portaft import parity
+    from portaft.checks import parity
     from portaft.errors import UserError
 
     targets = [t for t in args.backends.split(",") if t]

@@ -20,14 +20,14 @@ def add_parser(sub) -> None:
 
 def handle(args) -> int:
     from portaft import data
-    from portaft.plugins import choose_backend
-    from portaft.recipe import load_recipe
+    from portaft.plugins import get_plugins
 
     overrides = list(args.overrides) + (["skip_bad_samples=true"] if args.skip_bad_samples else [])
-    recipe = load_recipe(args.recipe, overrides)
-    tokenizer = choose_backend(recipe, args.backend).load_tokenizer(recipe)
+    plugins = get_plugins()
+    recipe = plugins.read_recipe(args.recipe, overrides)
+    tokenizer = plugins.choose_backend(recipe, args.backend).load_tokenizer(recipe)
     data.prepare_tokenizer(tokenizer)
-    built = data.build(recipe, tokenizer)
+    built = data.build(recipe, tokenizer, plugins)
     color = sys.stdout.isatty()
     print(f"template: {built.template_name}   train_on: {recipe.train_on}   max_length: {recipe.max_length}")
     for report in built.reports:

@@ -38,13 +38,14 @@ def handle(args) -> int:
 def launch(args, overrides: list[str]) -> int:
     """Check what can be checked here (recipe, backend), then start N copies of this
     command under torchrun; each one trains as one process of a DDP run."""
-    from portaft.plugins import choose_backend
-    from portaft.recipe import load_recipe
+    from portaft.plugins import get_plugins
 
-    recipe = load_recipe(args.recipe, overrides)
-    backend = choose_backend(recipe, args.backend)
+    plugins = get_plugins()
+    recipe = plugins.read_recipe(args.recipe, overrides)
+    backend = plugins.choose_backend(recipe, args.backend)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
                "-m", "portaft", "run", args.recipe, "--backend", backend.name, *overrides]
-    print(f"portaft: launching {args.nproc} processes on {backend.name} ({backend.distributed_backend}) with torchrun",
+    collectives = backend.device_for(recipe).collectives
+    print(f"portaft: launching {args.nproc} processes on {backend.name} ({collectives}) with torchrun",
           flush=True)
     return subprocess.call(command)

@@ -12,12 +12,14 @@ def add_parser(sub) -> None:
 
 
 def handle(args) -> int:
-    from portaft import data, tracking
-    from portaft.recipe import load_recipe
+    from portaft import data
+    from portaft.plugins import get_plugins
+    from portaft.runner import tracking
 
     overrides = list(args.overrides) + (["skip_bad_samples=true"] if args.skip_bad_samples else [])
-    recipe = load_recipe(args.recipe, overrides)
-    tracking.prepare(recipe.model_copy(deep=True))  # a missing or unknown tracker, before the data
+    plugins = get_plugins()
+    recipe = plugins.read_recipe(args.recipe, overrides)
+    tracking.prepare(recipe.model_copy(deep=True), plugins)  # a missing or unknown tracker, before the data
     reports = data.check(recipe)
     print(f"{args.recipe}: valid. model {recipe.model.name_or_path}, template {recipe.template}, "
           f"backend {recipe.backend}, output {recipe.train['output_dir']}")

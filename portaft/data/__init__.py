@@ -5,8 +5,9 @@
 
 Modules: `sources` (files, reading, where a record came from), `formats` (records to
 conversations), `templates` + `chat_templates` (rendering, trained spans), `encode`
-(the batched tokenize-and-mask pass), `mixing`, `packing`, `shares` (several processes'
-shares of a step), `collator`.
+(the batched tokenize-and-mask pass), `mixing`; how training draws batches: `collator`
+(padded), `packing` (flattened, token-budget batches), `shares` (several processes'
+shares of a step).
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from portaft.errors import UserError
-from portaft.recipe import Recipe, RecipeSource, load_recipe
+from portaft.plugins import Format, Plugins, get_plugins
+from portaft.recipe import Recipe, RecipeSource
 
-from . import packing, shares  # noqa: F401  (portaft.data.packing and .shares, used by the runner)
 from .collator import Seq2SeqCollator
 from .encode import CUT_IN_PROMPT, NOT_CUT, EncodeSettings, Encoder
-from .formats import BadSample, Format, detect_format, normalise, record_problem
+from .formats import BadSample, detect_format, normalise, record_problem
 from .mixing import mixed_rows
 from .sources import progress_bars, read_file, records_of, source_files
 from .templates import check_template, choose_template
@@ -67,16 +68,15 @@ def prepare_tokenizer(tokenizer: Any) -> list[str]:
     return []
 
 
-def build(recipe: Recipe, tokenizer: Any) -> Built:
+def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
     """Every source encoded and mixed, with one report per source. Bad records raise one
     UserError listing them all, unless recipe.skip_bad_samples counts them instead; a
-    file that cannot be used at all (empty, unknown format) always raises."""
+    file that cannot be used at all (empty, unknown format) always raises. `plugins`:
+    where the named templates and data formats come from."""
     from datasets import concatenate_datasets
 
     from portaft.compat import chat_template_renderer
-    from portaft.plugins import get_plugins
 
-    plugins = get_plugins()
     template_name, template = choose_template(recipe.template, tokenizer, plugins.templates,
                                               _model_type(recipe))
     check_template(chat_template_renderer(tokenizer, template), template_name, tokenizer)
@@ -165,10 +165,9 @@ def check(recipe: RecipeSource) -> list[SourceReport]:
 
     Raises one UserError listing every bad record unless skip_bad_samples is set.
     """
-    from portaft.plugins import get_plugins
-
-    recipe = load_recipe(recipe)
-    formats = get_plugins().formats
+    plugins = get_plugins()
+    recipe = plugins.read_recipe(recipe)
+    formats = plugins.formats
     problems: list[str] = []
     unusable: list[str] = []
     reports = []
@@ -212,13 +211,12 @@ def load(recipe: RecipeSource, tokenizer: Any = None) -> Any:
     With `packing: true` training groups these rows into token-budget batches
     (`portaft.data.packing`); the rows themselves are the same.
     """
-    from portaft.plugins import choose_backend
-
-    recipe = load_recipe(recipe)
+    plugins = get_plugins()
+    recipe = plugins.read_recipe(recipe)
     if tokenizer is None:
-        tokenizer = choose_backend(recipe).load_tokenizer(recipe)
+        tokenizer = plugins.choose_backend(recipe).load_tokenizer(recipe)
         prepare_tokenizer(tokenizer)
-    return build(recipe, tokenizer).dataset
+    return build(recipe, tokenizer, plugins).dataset
 
 
 def report_rows(reports: list[SourceReport]) -> list[dict]:

@@ -9,23 +9,16 @@ same `register_formats` hook a plugin uses.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from portaft.hookspecs import hookimpl
+from portaft.plugins.hookspecs import hookimpl
+from portaft.plugins.registry import Format
 
 Messages = list[dict[str, str]]
 
 
 class BadSample(ValueError):
     """A record that cannot become a conversation; the message names the field."""
-
-
-@dataclass(frozen=True)
-class Format:
-    name: str
-    to_messages: Callable[[dict], Messages]
-    keys: tuple[str, ...]  # auto-detection picks this format when a record has all these keys
 
 
 def detect_format(record: dict, formats: dict[str, Format]) -> str | None:

@@ -5,7 +5,7 @@ row with `position_ids` restarting at 0 per sample and no attention mask; the
 model's mask code (transformers' `masking_utils.find_packed_sequence_indices`) turns
 those positions into a block-diagonal mask, so no sample attends to another, and
 the first label of every sample is -100 so no sample predicts the next one's
-first token. The loss then equals the padded batch's (tests/test_packing.py).
+first token. The loss then equals the padded batch's (tests/unit/test_packing.py).
 
 What decides the batches is `TokenBudgetSampler`: samples are packed once, longest
 first, each into the fullest batch it still fits (best fit decreasing), into batches
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 import random
-import types
 from typing import Any, Iterator
 
 
@@ -145,24 +144,3 @@ def block_diagonal_mask(position_ids: Any, dtype: str) -> Any:
 def flattening_collator(dtype: str = "float32") -> Any:
     """The collator for packed batches under the installed transformers."""
     return FlatteningCollator(None if packing_supported() is None else dtype)
-
-
-def use_packed_batches(trainer: Any, sampler: TokenBudgetSampler, collator: Any) -> None:
-    """Make `trainer` draw its training batches from `sampler` through `collator`.
-
-    Trainer.get_train_dataloader is the documented place to change this; it is
-    replaced on the instance, so any backend's Trainer class keeps its own code.
-    """
-    from torch.utils.data import DataLoader
-
-    def get_train_dataloader(self: Any) -> Any:
-        loader = DataLoader(
-            self.train_dataset,
-            batch_sampler=sampler,
-            collate_fn=collator,
-            num_workers=self.args.dataloader_num_workers,
-            pin_memory=self.args.dataloader_pin_memory,
-        )
-        return self.accelerator.prepare(loader)
-
-    trainer.get_train_dataloader = types.MethodType(get_train_dataloader, trainer)

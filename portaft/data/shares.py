@@ -1,25 +1,26 @@
 """Each step's samples shared out between several processes by their tokens.
 
-Under torchrun the Trainer's data loader (accelerate's `BatchSamplerShard`) gives process
-p the p-th of every N consecutive batches: each process the same number of samples, but
-not the same number of tokens, and a step waits for the process with the most. With
-flattened (padding-free) batches a sample costs its tokens, whatever batch it is in, so
-the same samples can be shared out again, step by step: longest first, each to the
-process with the fewest tokens so far (the greedy "longest processing time" rule). The
-step trains the very samples it trained before, so its loss is the same: the Trainer
-divides by the step's token count over all processes (`average_tokens_across_devices`).
+Under torchrun each process trains one batch of every step. With flattened (padding-free)
+batches a sample costs its tokens, whatever batch it is in, and a step waits for the
+process with the most; batches of equal sample counts can differ a lot in tokens. The
+balanced_shares speed-up draws batches from `SharedSteps` instead of the Trainer's sampler:
+the dataset in a seeded order, cut into batches, and each step's batches (one per process)
+shared out again, longest sample first, each to the share with the fewest tokens so far
+(the greedy "longest processing time" rule). accelerate then hands process p the p-th of
+every N batches, which is its share. A step trains the samples it would have trained
+without sharing, so its loss is the same: the Trainer divides by the step's token count
+over all processes (`average_tokens_across_devices`).
 
 transformers' own `train_sampling_strategy="batch_rebalance"` balances padded batches
 instead: it keeps each process's samples of similar length to spare padding, which
-leaves flattened shares of one step unequal in tokens (a process with the step's few
-long samples has more tokens than one with its many short ones).
+leaves flattened shares of one step unequal in tokens.
 """
 
 from __future__ import annotations
 
-import copy
-import types
-from typing import Any, Iterator
+import math
+import random
+from typing import Iterator
 
 
 def shares_by_tokens(batches: list[list[int]], lengths: list[int]) -> list[list[int]]:
@@ -41,41 +42,30 @@ def shares_by_tokens(batches: list[list[int]], lengths: list[int]) -> list[list[
     return [sorted(share, key=position.__getitem__) for share in shares]
 
 
-def _balanced_batches(self: Any) -> Iterator[list[int]]:
-    """`BatchSamplerShard.__iter__` for one process, each step shared out by tokens: the
-    batches every process would get (accelerate's own rules, including how the last step
-    is filled), from one pass over the shared order, then this process's share of each step."""
-    parent = type(self).__mro__[1]
-    if self.split_batches or not self.even_batches or self.num_processes == 1:
-        yield from parent.__iter__(self)  # uneven or split batches: accelerate's own shares
-        return
-    epoch = list(self.batch_sampler)  # the order every process draws (one pass: the sampler's epoch advances once)
-    views = []
-    for process in range(self.num_processes):
-        view = copy.copy(self)
-        view.__class__ = parent
-        # copies: accelerate fills the last batch in place, which another view must not see
-        view.batch_sampler, view.process_index = [list(batch) for batch in epoch], process
-        views.append(list(view))
-    for step in zip(*views):
-        yield shares_by_tokens(list(step), self.lengths)[self.process_index]
+class SharedSteps:
+    """A batch sampler over every process's batches: each step's `processes` batches of
+    `batch_size` samples, shared out by tokens, one after the other. The order is seeded and
+    changes each epoch, the same on every process; a last step short of batches is filled
+    with the epoch's first batches (as accelerate fills it), so every step has one per process."""
 
+    def __init__(self, lengths: list[int], batch_size: int, processes: int, seed: int = 42):
+        self.lengths = lengths
+        self.batch_size = None  # batches differ in size: accelerate must not expect a fixed one
+        self.per_batch, self.processes, self.seed = batch_size, processes, seed
+        self.epoch = 0
 
-def share_steps_by_tokens(trainer: Any, lengths: list[int]) -> None:
-    """Make `trainer`'s training batches, under several processes, each step's samples shared
-    out by tokens (`lengths`: each dataset row's). Trainer.get_train_dataloader is replaced
-    on the instance, as data.packing does; the loader accelerate prepared is kept, only its
-    batch sampler's class gains the sharing."""
-    build = trainer.get_train_dataloader
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
-    def get_train_dataloader(self: Any) -> Any:
-        loader = build()
-        shard = loader.batch_sampler
-        from accelerate.data_loader import BatchSamplerShard
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(len(self.lengths) / self.per_batch) / self.processes) * self.processes
 
-        if isinstance(shard, BatchSamplerShard):  # one process: no shard, nothing to share
-            shard.__class__ = type("BatchSamplerShardByTokens", (type(shard),), {"__iter__": _balanced_batches})
-            shard.lengths = lengths
-        return loader
-
-    trainer.get_train_dataloader = types.MethodType(get_train_dataloader, trainer)
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(range(len(self.lengths)))
+        random.Random(f"{self.seed}:{self.epoch}").shuffle(order)
+        self.epoch += 1  # where the loader does not pass set_epoch on (several processes)
+        batches = [order[start:start + self.per_batch] for start in range(0, len(order), self.per_batch)]
+        drawn = len(batches)
+        batches += [batches[i % drawn] for i in range(len(self) - drawn)]
+        for start in range(0, len(batches), self.processes):
+            yield from shares_by_tokens(batches[start:start + self.processes], self.lengths)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from portaft.errors import UserError
-from portaft.hookspecs import hookimpl
+from portaft.plugins.hookspecs import hookimpl
 
 from . import chat_templates
 

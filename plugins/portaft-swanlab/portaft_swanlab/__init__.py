@@ -12,7 +12,7 @@ swanlab is imported only when a recipe asks for it.
 from pathlib import Path
 
 from portaft import UserError, hookimpl
-from portaft.tracking import report_to_names
+from portaft.runner.tracking import report_to_names
 
 
 @hookimpl

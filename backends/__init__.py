@@ -1,1 +1,0 @@
-"""portaft's built-in backends, registered through the `portaft` entry-point group."""

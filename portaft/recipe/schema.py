@@ -1,0 +1,156 @@
+"""The recipe's schema: one YAML file that says what to fine-tune, on what data, how.
+
+Every section is a pydantic model that forbids unknown keys; `train:` is checked against
+the installed transformers' TrainingArguments (`training_arguments_schema`).
+"""
+
+from __future__ import annotations
+
+import functools
+import typing
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(_Section):
+    name_or_path: str = Field(description="Local folder or hub id of the base model.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights' dtype when loaded; auto = the backend's choice for its hardware."
+    )
+    trust_remote_code: bool = False
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="Attention kernels; auto = transformers' default. Backends map what they lack."
+    )
+
+
+class DataSource(_Section):
+    path: str = Field(description="A .json/.jsonl/.parquet/.csv file, a folder of them, or a glob.")
+    format: str = Field(
+        "auto", description="auto = detect from the records' keys; or xtuner, alpaca, sharegpt, openai, a plugin's."
+    )
+    weight: float | None = Field(None, gt=0, description="Use round(weight x size) samples of this source.")
+    samples: int | None = Field(None, gt=0, description="Use exactly this many samples of this source.")
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> "DataSource":
+        if self.weight is not None and self.samples is not None:
+            raise ValueError("set either weight or samples for a source, not both")
+        return self
+
+
+class LoraSection(_Section):
+    r: int = Field(8, gt=0, description="Rank: higher = more capacity, more memory.")
+    alpha: float = Field(16, gt=0, description="Scale of the update is alpha / r.")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[str] = "all-linear"
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (peft), a little slower, often better.")
+
+
+class ChatTurn(_Section):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class QuantizationSection(_Section):
+    bits: Literal[4, 8] = Field(4, description="4 = QLoRA (NF4/FP4 weights), 8 = LLM.int8 weights.")
+    type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 is QLoRA's.")
+    double_quant: bool = Field(True, description="Also quantize the quantization constants (saves ~0.4 bit/weight).")
+    compute_dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype the 4-bit matmuls compute in.")
+
+
+class Recipe(_Section):
+    backend: str = Field("auto", description="cpu, cuda, npu, a plugin's backend, or auto.")
+    device: Literal["auto", "cpu"] = Field(
+        "auto", description="auto: the backend's own hardware; cpu: the backend's library code on the CPU "
+        "(e.g. the npu backend's openMind path on a machine without an NPU)."
+    )
+    model: ModelSection
+    data: list[DataSource] = Field(min_length=1)
+    template: str = Field(
+        "auto", description="Chat template: auto, tokenizer (its own chat_template), or a registered name."
+    )
+    system: str | None = Field(None, description="System prompt for every conversation (replaces the data's).")
+    train_on: Literal["assistant", "last_assistant", "all"] = Field(
+        "assistant", description="What the loss trains: every assistant reply, the last one, or all text."
+    )
+    max_length: int = Field(1024, gt=0, description="Samples longer than this are truncated (and counted).")
+    packing: bool = Field(False, description="Padding-free batches filled to a token budget.")
+    packing_tokens: int | None = Field(
+        None, gt=0, description="Tokens per packed batch; default per_device_train_batch_size x mean sample length."
+    )
+    skip_bad_samples: bool = Field(False, description="Count and skip bad records instead of stopping.")
+    finetune: Literal["lora", "full"] = Field(
+        "lora", description="lora: train an adapter (the lora section); full: update every weight of the model."
+    )
+    lora: LoraSection = Field(default_factory=LoraSection)
+    quantization: QuantizationSection | None = Field(
+        None, description="Load the frozen base quantized through bitsandbytes (QLoRA); CUDA only."
+    )
+    train: dict[str, Any] = Field(description="transformers TrainingArguments, by their own names.")
+    eval_prompts: list[str | list[ChatTurn]] = Field(
+        default_factory=list, description="Questions answered greedily before and after training: a string, or a "
+        "conversation (a list of {role, content} turns ending with the user's) for multi-turn behaviour."
+    )
+    eval_every: int | None = Field(
+        None, gt=0, description="Also answer eval_prompts every this many optimizer steps while training."
+    )
+    resume: Literal["auto", True, False] = Field(
+        "auto", description="auto: continue from the newest complete checkpoint in train.output_dir if there is "
+        "one; true: insist on one; false: start from step 0 (a non-empty output_dir needs overwrite: true)."
+    )
+    overwrite: bool = Field(
+        False, description="With resume: false, start over in a non-empty output_dir (its checkpoints are removed)."
+    )
+
+    @model_validator(mode="after")
+    def _eval_every_needs_prompts(self) -> "Recipe":
+        if self.eval_every is not None and not self.eval_prompts:
+            raise ValueError("eval_every is set but eval_prompts is empty: add the questions to answer")
+        return self
+
+    @model_validator(mode="after")
+    def _conversations_end_with_the_user(self) -> "Recipe":
+        for index, prompt in enumerate(self.eval_prompts):
+            if isinstance(prompt, list) and (not prompt or prompt[-1].role != "user"):
+                raise ValueError(f"eval_prompts[{index}] is a conversation that does not end with a user turn: "
+                                 "end it with the question to answer")
+        return self
+
+    @model_validator(mode="after")
+    def _quantized_base_is_frozen(self) -> "Recipe":
+        if self.quantization is not None and self.finetune == "full":
+            raise ValueError("quantization is set with finetune: full, but quantized weights cannot be trained: "
+                             "use finetune: lora (QLoRA) or remove quantization")
+        return self
+
+
+# --- the `train` section is checked against the installed TrainingArguments ----------
+
+@functools.cache
+def training_arguments_schema() -> type[BaseModel]:
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    hints = typing.get_type_hints(TrainingArguments)
+    fields: dict[str, Any] = {}
+    for field in dataclasses.fields(TrainingArguments):
+        if field.init:
+            fields[field.name] = (hints[field.name] | None, None)
+    fields["output_dir"] = (str, ...)  # required: portaft never picks a folder silently
+    from portaft.compat import RENAMED_TRAINING_ARGUMENTS
+
+    for old, new in RENAMED_TRAINING_ARGUMENTS.items():  # the old name is accepted; resolve() renames it
+        if old not in fields and new in fields:
+            fields[old] = fields[new]
+    return create_model(
+        "TrainSection",
+        __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+        **fields,
+    )

@@ -1,0 +1,74 @@
+"""Step 4, model: the base model through the backend's loader, and what trains: a LoRA/DoRA
+adapter with peft, or (finetune: full) every weight.
+
+The seed is set first: LoRA's initial weights come from the seeded RNG, so the same
+seed gives the same run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from portaft.errors import UserError
+from portaft.recipe import LoraSection, Recipe
+
+from .notes import Notes
+
+
+def load_model(resolved: Any, tokenizer: Any, notes: Notes) -> Any:
+    """The model the Trainer will train (on the CPU or where the backend's loader put it)."""
+    from transformers import set_seed
+
+    recipe = resolved.recipe
+    set_seed(int(recipe.train.get("seed", 42)))
+    model = resolved.backend.load_model(recipe)
+    _check_vocabulary(model, tokenizer, recipe)
+    model = prepare_for_training(model, recipe.finetune, recipe.lora, bool(recipe.train.get("gradient_checkpointing")),
+                                 recipe.quantization is not None)
+    notes.say(trainable_summary(model))
+    return model
+
+
+def prepare_for_training(model: Any, finetune: str, lora: LoraSection, gradient_checkpointing: bool = False,
+                         quantized: bool = False) -> Any:
+    """The model the Trainer updates: an adapter around it, or the model itself."""
+    if finetune == "full":
+        for parameter in model.parameters():
+            parameter.requires_grad_(True)
+        return model
+    return apply_lora(model, lora, gradient_checkpointing, quantized)
+
+
+def apply_lora(model: Any, lora: LoraSection, gradient_checkpointing: bool = False, quantized: bool = False) -> Any:
+    from peft import LoraConfig, TaskType, get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:  # QLoRA: peft's preparation (norms in float32, input grads for checkpointing)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+    elif gradient_checkpointing:
+        model.enable_input_require_grads()  # checkpointed frozen embeddings would cut the graph
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        bias=lora.bias,
+        use_dora=lora.use_dora,
+        task_type=TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, config)
+
+
+def trainable_summary(model: Any) -> str:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+
+
+def _check_vocabulary(model: Any, tokenizer: Any, recipe: Recipe) -> None:
+    """A tokenizer with ids past the model's embeddings ends in a device-side assert on a
+    GPU (an index error on the CPU): say what is wrong instead."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise UserError(f"model.name_or_path: the tokenizer in {recipe.model.name_or_path} has {len(tokenizer):,} tokens "
+                        f"but the model only {rows:,} embeddings: they do not belong together. Use the tokenizer "
+                        "saved with this model.")

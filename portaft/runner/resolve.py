@@ -1,0 +1,68 @@
+"""Step 1, resolve: the recipe read and checked at once, its backend chosen, and the
+effective recipe that backend runs, with every change as a note.
+
+The backend maps the portable settings onto its device (precision, optimizer, what the
+device cannot do); its speed-ups of stage "settings" then change training settings the
+recipe leaves unset; several processes get the backend's collective library; the
+experiment trackers are made explicit and checked. All of it before anything loads.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from portaft.data.packing import resolve_packing
+from portaft.plugins import Plugins
+from portaft.recipe import Recipe, RecipeSource
+from portaft.speed_ups import SETTINGS, Training, apply_stage
+
+from . import tracking
+from .notes import Notes
+
+
+@dataclass
+class Resolved:
+    recipe: Recipe  # the effective recipe: what the backend runs, every default explicit
+    backend: Any  # portaft.protocols.Backend
+    device: Any  # portaft.backends.Device: what the run's device is
+    processes: int  # processes training together (torchrun's WORLD_SIZE)
+    speed_ups: list[Any]  # the backend's and plugins', in the order they are tried
+    plugins: Plugins
+    tracking: tracking.Tracking
+
+
+def resolve(source: RecipeSource, backend_name: str | None, overrides: Sequence[str], plugins: Plugins,
+            notes: Notes) -> Resolved:
+    recipe = plugins.read_recipe(source, overrides)
+    backend = plugins.choose_backend(recipe, backend_name)
+    notes.say(f"backend {backend.name} (device {'cpu' if recipe.device == 'cpu' else backend.device_type})")
+    effective, changes = backend.resolve(recipe)
+    effective.backend = backend.name
+    notes.add(*changes)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))
+    device = backend.device_for(effective)
+    speed_ups = [*backend.speed_ups(effective), *plugins.speed_ups(backend)]
+    notes.add(*apply_stage(speed_ups, SETTINGS, Training(effective, device, processes)))
+    notes.add(*resolve_packing(effective), *_several_processes(effective, backend.name, device, processes))
+    tracked = tracking.prepare(effective, plugins)
+    notes.add(*tracked.notes)
+    return Resolved(effective, backend, device, processes, speed_ups, plugins, tracked)
+
+
+def _several_processes(recipe: Recipe, backend: str, device: Any, processes: int) -> list[str]:
+    """DDP settings the recipe leaves unset, for runs of several processes."""
+    if processes == 1:
+        return []
+    notes = []
+    if not recipe.train.get("ddp_backend"):
+        recipe.train["ddp_backend"] = device.collectives
+        notes.append(f"train.ddp_backend: unset -> {device.collectives} ({processes} processes on {backend})")
+    if recipe.finetune == "lora" and "ddp_find_unused_parameters" not in recipe.train:
+        # transformers would say true for a peft model: DDP then walks the whole autograd
+        # graph after every backward looking for weights without gradients (as LLaMA-Factory does)
+        recipe.train["ddp_find_unused_parameters"] = False
+        notes.append("train.ddp_find_unused_parameters: unset -> false (every adapter weight gets a gradient in "
+                     "every step, so DDP need not search the graph for unused ones)")
+    return notes

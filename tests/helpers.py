@@ -1,0 +1,58 @@
+"""Helpers the test tiers share (conftest.py puts tests/ on sys.path: `from helpers import ...`)."""
+
+import os
+import subprocess
+import sys
+import types
+
+import portaft
+from portaft.plugins import Plugins
+
+
+def cli(*args, cwd=None, env=None):
+    """`portaft ARGS...` in a fresh process, as a user types it."""
+    return subprocess.run([sys.executable, "-m", "portaft", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **(env or {})}, timeout=600)
+
+
+def plugin(**hooks):
+    """An in-process plugin: each keyword a hook implementation."""
+    return types.SimpleNamespace(**{name: portaft.hookimpl(function) for name, function in hooks.items()})
+
+
+def use_plugins(monkeypatch, **plugins) -> Plugins:
+    """Portaft's own plugins plus these, as `get_plugins()` (what every command uses)."""
+    registry = Plugins()
+    for name, each in plugins.items():
+        registry.register(each, name=name)
+    monkeypatch.setattr("portaft.plugins.registry._current", registry)
+    return registry
+
+
+def loads_nothing(monkeypatch):
+    """Make loading a tokenizer or model through the cpu backend fail the test."""
+    cpu = portaft.get_backend("cpu")
+
+    def refuse(recipe):
+        raise AssertionError("a model or tokenizer was loaded before the recipe was checked")
+
+    monkeypatch.setattr(cpu, "load_tokenizer", refuse)
+    monkeypatch.setattr(cpu, "load_model", refuse)
+
+
+def tokenizer_of(recipe):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(recipe["model"]["name_or_path"])
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+class LazyCpu:
+    """A backend that reuses portaft's cpu backend by delegation, as docs/plugins.md shows:
+    every member it does not define is the cpu backend's, looked up when read."""
+
+    name, priority = "lazy-cpu", -1
+
+    def __getattr__(self, member):
+        return getattr(portaft.get_backend("cpu"), member)

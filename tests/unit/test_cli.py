@@ -1,0 +1,92 @@
+"""The command line: exit codes and messages a user sees."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from portaft.cli import main
+from helpers import cli as portaft
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_validate_accepts_a_good_recipe(write_recipe, recipe_dict):
+    done = portaft("validate", write_recipe(recipe_dict))
+    assert done.returncode == 0, done.stderr
+    assert "valid" in done.stdout
+
+
+def test_validate_lists_every_problem_and_exits_2_without_traceback(write_recipe, recipe_dict):
+    recipe_dict["lora"]["r"] = 0
+    recipe_dict["train"]["learnin_rate"] = 1
+    path = write_recipe(recipe_dict)
+    done = portaft("validate", path)
+    assert done.returncode == 2
+    assert "2 problems" in done.stderr and "lora.r" in done.stderr and "train.learnin_rate" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_validate_loads_no_model(write_recipe, recipe_dict):
+    recipe_dict["model"]["name_or_path"] = "/nonexistent/model"
+    done = portaft("validate", write_recipe(recipe_dict))
+    assert done.returncode == 0, done.stderr
+
+
+def test_run_on_an_unavailable_backend_exits_2(write_recipe, recipe_dict):
+    done = portaft("run", write_recipe(recipe_dict), "--backend", "npu")
+    assert done.returncode == 2
+    assert "backend 'npu' is not available: torch_npu is not installed" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_run_with_an_unknown_backend_exits_2(write_recipe, recipe_dict):
+    done = portaft("run", write_recipe(recipe_dict), "--backend", "tpu")
+    assert done.returncode == 2 and "unknown backend 'tpu'" in done.stderr
+
+
+def test_run_with_a_missing_model_folder_exits_2(write_recipe, recipe_dict, tmp_path):
+    done = portaft("run", write_recipe(recipe_dict), f"model.name_or_path={tmp_path / 'no-model'}", "--backend", "cpu",
+                   env={"HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2, done.stderr
+    assert "model.name_or_path: cannot load the tokenizer" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_recipe_file_exits_2():
+    done = portaft("run", "nowhere.yaml")
+    assert done.returncode == 2 and "recipe file not found" in done.stderr
+
+
+def test_backends_json_lists_availability_reason_priority_and_distribution():
+    done = portaft("backends", "--json")
+    rows = {row["name"]: row for row in json.loads(done.stdout)}
+    assert rows["cpu"]["available"] is True and rows["cpu"]["reason"] is None
+    assert rows["npu"]["available"] is False and "torch_npu is not installed" in rows["npu"]["reason"]
+    assert rows["cuda"]["distribution"] == "portaft" and rows["cuda"]["priority"] == 50
+
+
+def test_plugins_json_lists_hooks():
+    done = portaft("plugins", "--json")
+    infos = {i["name"]: i for i in json.loads(done.stdout)}
+    assert infos["templates"]["hooks"] == ["register_templates"]
+    assert infos["cpu"]["distribution"] == "portaft" and infos["cpu"]["error"] is None
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "examples").glob("*.yaml")))
+def test_every_example_recipe_and_its_data_validate(recipe, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    assert main(["validate", f"examples/{recipe}"]) == 0
+    assert "valid." in capsys.readouterr().out
+
+
+def test_preview_marks_the_trained_text_and_counts_tokens(write_recipe, recipe_dict, capsys):
+    assert main(["preview", str(write_recipe(recipe_dict)), "-n", "2", "train_on=last_assistant"]) == 0
+    out = capsys.readouterr().out
+    assert "template: deepseek   train_on: last_assistant" in out
+    assert "(xtuner): 8 samples" in out
+    first, second = out.split("--- sample 1 of 8: ")[1].split("--- sample 2 of 8: ")
+    assert "User: 你是谁？\n\nAssistant:⟦ 我是黄大力的智能助手。<｜end▁of▁sentence｜>⟧" in first
+    assert "Assistant: Huang Dali made me.<｜end▁of▁sentence｜>" in second  # an earlier reply: not trained
+    assert "Assistant:⟦ Answer questions.<｜end▁of▁sentence｜>⟧" in second
+    assert "--- sample 3" not in out
