@@ -82,9 +82,11 @@ def find_cann() -> str | None:
     return None
 
 
-def check_backend(backend: Any) -> BackendCheck:
-    available = bool(backend.is_available())
-    check = BackendCheck(backend.name, available, None if available else backend.unavailable_reason())
+def check_backend(backend: Any, unavailable_reason: str | None) -> BackendCheck:
+    """`unavailable_reason`: the plugins' verdict (`Plugins.unavailable_reason`, which a
+    raising availability check cannot crash); None when the backend is available."""
+    available = unavailable_reason is None
+    check = BackendCheck(backend.name, available, unavailable_reason)
     library_note = getattr(backend, "library_note", None)
     check.library = library_note() if callable(library_note) else None
     if not available:
@@ -111,8 +113,9 @@ def diagnose() -> Report:
 
     versions = library_versions()
     report = Report(versions, find_cann(), problems=pairing_problems(versions))
-    for backend in get_plugins().backends.values():
-        check = check_backend(backend)
+    plugins = get_plugins()
+    for backend in plugins.backends.values():
+        check = check_backend(backend, plugins.unavailable_reason(backend))
         report.backends.append(check)
         if check.smoke_test not in (None, "ok"):
             report.problems.append(Problem(f"backend {check.name}: the device smoke test failed: {check.smoke_test}",

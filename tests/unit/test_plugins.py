@@ -70,6 +70,10 @@ def test_backends_whose_members_raise_or_loop_are_refused_by_name_and_the_rest_w
     out = capsys.readouterr().out
     assert "broken-check" in out and "unavailable: its availability check raised OSError" in out
     assert "lazy-cpu" in out and "warning: backend 'looping'" in out and "warning: backend 'raising-property'" in out
+    main(["doctor", "--json"])
+    checks = {check["name"]: check for check in json.loads(capsys.readouterr().out)["backends"]}
+    assert checks["broken-check"]["reason"] == "its availability check raised OSError: the driver library is missing"
+    assert checks["lazy-cpu"]["smoke_test"] == "ok"
 
 
 def test_a_plugin_whose_hook_raises_is_broken_with_the_error_and_the_others_still_load(installed, capsys):
