@@ -284,7 +284,13 @@ def get_plugins() -> Plugins:
     """The plugins installed in this environment, loaded on first use."""
     global _current
     if _current is None:
-        _current = Plugins()
+        plugins = Plugins()
+        if not any(info.distribution == CORE_DISTRIBUTION for info in plugins.info):
+            raise UserError("portaft's own backends, templates and formats were not found: they come through the "
+                            "entry points of the installed portaft package, and this Python has none (portaft is "
+                            "imported from a folder on its path, not installed). Install it: pip install -e . in "
+                            "the repository, or pip install portaft.")
+        _current = plugins
     return _current
 
 

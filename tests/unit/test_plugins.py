@@ -93,3 +93,12 @@ def test_a_plugin_whose_hook_raises_is_broken_with_the_error_and_the_others_stil
     assert "fine" in portaft.plugins.get_plugins().templates
 
 
+
+
+def test_portaft_imported_without_being_installed_says_to_install_it(monkeypatch, capsys):
+    """Its own plugins arrive through the installed package's entry points: a source folder on
+    PYTHONPATH has none, and every command would know no backend ("Known: auto, .")."""
+    monkeypatch.setattr("portaft.plugins.loading.entry_points", lambda: [])
+    assert main(["backends"]) == 2
+    err = capsys.readouterr().err
+    assert "portaft's own backends, templates and formats were not found" in err and "pip install -e ." in err
