@@ -6,6 +6,7 @@
 Plugins import one name: ``from portaft import hookimpl``.
 """
 
+from . import data  # `portaft.data.load(...)` after a plain `import portaft`
 from .errors import BackendUnavailable, RecipeError, UserError
 from .plugins import get_backend, hookimpl, load_recipe
 from .recipe import Recipe
@@ -19,6 +20,7 @@ __all__ = [
     "RecipeError",
     "RunResult",
     "UserError",
+    "data",
     "get_backend",
     "hookimpl",
     "load_recipe",

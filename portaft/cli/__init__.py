@@ -16,7 +16,10 @@ COMMANDS = (run_cmd, validate_cmd, preview_cmd, parity_cmd, compare_cmd, merge_c
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from portaft import __version__
+
     parser = argparse.ArgumentParser(prog="portaft", description="One fine-tuning recipe, any accelerator.")
+    parser.add_argument("--version", action="version", version=f"portaft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)

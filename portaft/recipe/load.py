@@ -75,6 +75,8 @@ def validate(data: dict, name: str, lines: dict, overridden: dict[tuple, str] | 
         except ValidationError as exc:
             recipe = None
             problems += [(("train",) + tuple(err["loc"]), _describe(err, schema)) for err in exc.errors()]
+        else:
+            problems += _check_train_ranges(train)
     problems += _check_files(data)
     if names is not None:
         problems += _check_names(data, names)
@@ -83,10 +85,18 @@ def validate(data: dict, name: str, lines: dict, overridden: dict[tuple, str] | 
     return recipe
 
 
+# Keys people bring from LLaMA-Factory / PEFT recipes, too unlike portaft's for a spelling
+# match (rank -> r is one letter against four): their portaft name, at the same place.
+ALIASES = {"rank": "r", "lora_rank": "r", "lora_r": "r", "lora_alpha": "alpha", "lora_dropout": "dropout",
+           "lora_target": "target_modules", "lr": "learning_rate", "epochs": "num_train_epochs",
+           "batch_size": "per_device_train_batch_size", "cutoff_len": "max_length", "model_name_or_path": "name_or_path"}
+
+
 def _describe(err: dict, model: type[BaseModel]) -> str:
     if err["type"] == "extra_forbidden":
         siblings = _field_names_at(model, tuple(err["loc"][:-1]))
-        hint = difflib.get_close_matches(str(err["loc"][-1]), siblings, n=1)
+        key = str(err["loc"][-1])
+        hint = [ALIASES[key]] if ALIASES.get(key) in siblings else difflib.get_close_matches(key, siblings, n=1)
         suggestion = f" Did you mean `{hint[0]}`?" if hint else ""
         return f"unknown key.{suggestion} Remove it or fix its spelling."
     if err["type"] == "missing":
@@ -115,6 +125,26 @@ def _locate(path: tuple, message: str, name: str, lines: dict, overridden: dict[
     line = nearest_line(lines, path)
     where = f"{name}:{line}" if line else name
     return f"{where}: {format_path(path)}: {message}"
+
+
+# train: values TrainingArguments accepts but that train nothing, or fail later: (key, is it out of range, what it must be)
+TRAIN_RANGES = (
+    ("num_train_epochs", lambda v: v <= 0, "more than 0"),
+    ("max_steps", lambda v: v == 0 or v < -1, "a number of steps above 0, or -1 (train num_train_epochs)"),
+    ("learning_rate", lambda v: v <= 0, "more than 0"),
+    ("per_device_train_batch_size", lambda v: v < 1, "1 or more"),
+    ("gradient_accumulation_steps", lambda v: v < 1, "1 or more"),
+    ("warmup_ratio", lambda v: not 0 <= v <= 1, "between 0 and 1"),
+    ("warmup_steps", lambda v: v < 0, "0 or more"),
+    ("logging_steps", lambda v: v <= 0, "more than 0"),
+    ("save_steps", lambda v: v <= 0, "more than 0"),
+)
+
+
+def _check_train_ranges(train: dict) -> list[tuple[tuple, str]]:
+    return [(("train", key), f"{train[key]:g} trains nothing or stops the run: give {allowed}.")
+            for key, out_of_range, allowed in TRAIN_RANGES
+            if isinstance(train.get(key), (int, float)) and not isinstance(train[key], bool) and out_of_range(train[key])]
 
 
 def _check_names(data: dict, names: Names) -> list[tuple[tuple, str]]:

@@ -32,22 +32,32 @@ def load_yaml_with_lines(path: Path) -> tuple[Any, dict[Path_, int]]:
             problem += f" ({context.removeprefix('while ')} that starts at line {opened.line + 1})"
         raise UserError(f"{where}: not valid YAML: {problem}. Fix the syntax there.") from None
     lines: dict[Path_, int] = {}
+    twice: list[str] = []
     if node is not None:
-        _collect_lines(node, (), lines)
+        _collect_lines(node, (), lines, twice)
+    if twice:
+        raise UserError("\n".join(f"{path}:{line}" for line in twice))
     return data, lines
 
 
-def _collect_lines(node: yaml.Node, prefix: Path_, lines: dict[Path_, int]) -> None:
+def _collect_lines(node: yaml.Node, prefix: Path_, lines: dict[Path_, int], twice: list[str]) -> None:
+    """Each key's line; a key given twice in one mapping (YAML would keep the last
+    silently) goes to `twice` as `LINE: what and what to do`."""
     lines[prefix] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value
-            lines[prefix + (key,)] = key_node.start_mark.line + 1
-            _collect_lines(value_node, prefix + (key,), lines)
-            lines[prefix + (key,)] = key_node.start_mark.line + 1
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if key in seen:
+                twice.append(f"{line}: {format_path(prefix + (key,))} is given twice (lines {seen[key]} and {line}); "
+                             "YAML would keep only the second. Remove one, or merge them.")
+            seen[key] = line
+            lines[prefix + (key,)] = line
+            _collect_lines(value_node, prefix + (key,), lines, twice)
+            lines[prefix + (key,)] = line
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _collect_lines(item, prefix + (index,), lines)
+            _collect_lines(item, prefix + (index,), lines, twice)
 
 
 def format_path(path: Path_) -> str:

@@ -1,6 +1,8 @@
 """The command line: exit codes and messages a user sees."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -90,3 +92,11 @@ def test_preview_marks_the_trained_text_and_counts_tokens(write_recipe, recipe_d
     assert "Assistant: Huang Dali made me.<｜end▁of▁sentence｜>" in second  # an earlier reply: not trained
     assert "Assistant:⟦ Answer questions.<｜end▁of▁sentence｜>⟧" in second
     assert "--- sample 3" not in out
+
+
+def test_version_and_the_data_module_come_with_a_plain_import():
+    done = portaft("--version")
+    assert done.returncode == 0 and done.stdout.strip() == "portaft 0.1.0"
+    code = "import portaft; print(portaft.data.load.__module__)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and done.stdout.strip() == "portaft.data", done.stderr

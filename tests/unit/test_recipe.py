@@ -132,3 +132,45 @@ def test_overrides_keep_yaml_words_where_a_word_fits_and_parse_lists(recipe_dict
     assert str(recipe.train["save_strategy"]) in ("no", "SaveStrategy.NO", "IntervalStrategy.NO")
     assert recipe.eval_prompts == [] and recipe.train["bf16"] is False
     assert recipe.system == "123" and recipe.packing is True
+
+
+def test_a_key_given_twice_names_both_lines(write_recipe, conversation_file):
+    """YAML keeps the second of two equal keys without a word: the first `data:` would be lost."""
+    path = write_recipe(textwrap.dedent(f"""\
+        model:
+          name_or_path: m
+        data:
+          - path: {conversation_file}
+        data:
+          - path: other.jsonl
+        train:
+          output_dir: out
+        """))
+    with pytest.raises(UserError) as info:
+        load_recipe(path)
+    assert str(info.value) == (f"{path}:5: data is given twice (lines 3 and 5); YAML would keep only the second. "
+                               "Remove one, or merge them.")
+
+
+def test_keys_from_llama_factory_recipes_are_named_by_portafts_own(recipe_dict):
+    """lora_rank -> r is too unlike for a spelling match (a one-letter key); the names LLaMA-Factory
+    and PEFT recipes use get portaft's."""
+    recipe = {**recipe_dict, "lora": {"rank": 8, "lora_alpha": 16}, "train": {**recipe_dict["train"], "lr": 1e-4}}
+    with pytest.raises(RecipeError) as info:
+        load_recipe(recipe)
+    text = str(info.value)
+    assert "lora.rank: unknown key. Did you mean `r`?" in text
+    assert "lora.lora_alpha: unknown key. Did you mean `alpha`?" in text
+    assert "train.lr: unknown key. Did you mean `learning_rate`?" in text
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("num_train_epochs", -1, "more than 0"), ("max_steps", 0, "a number of steps above 0, or -1"),
+    ("learning_rate", 0, "more than 0"), ("per_device_train_batch_size", 0, "1 or more"),
+    ("gradient_accumulation_steps", 0, "1 or more"), ("warmup_steps", -5, "0 or more")])
+def test_training_values_that_train_nothing_are_refused_with_their_path(recipe_dict, key, value, allowed):
+    """TrainingArguments takes them, and the run would train 0 steps and exit 0 (or fail later)."""
+    with pytest.raises(RecipeError) as info:
+        load_recipe({**recipe_dict, "train": {**recipe_dict["train"], key: value}})
+    assert f"train.{key}: {value} trains nothing or stops the run: give {allowed}" in str(info.value)
+    assert load_recipe({**recipe_dict, "train": {**recipe_dict["train"], "max_steps": -1}}).train["max_steps"] == -1
