@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import use_plugins
 import portaft
-from portaft.plugins import Plugins
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,8 +57,7 @@ def test_installed_plugin_is_listed_with_its_distribution_and_reason(mps_plugin,
 def test_plugin_backend_trains_through_portaft(mps_plugin, monkeypatch, recipe_dict):
     """With its device faked available, the plugin's own loaders and trainer run a recipe."""
     monkeypatch.syspath_prepend(str(mps_plugin))
-    plugins = Plugins()
-    monkeypatch.setattr("portaft.plugins.registry._current", plugins)
+    plugins = use_plugins(monkeypatch)
     mps = plugins.get_backend("mps")
     monkeypatch.setattr(type(mps), "unavailable_reason", lambda self: None)
     recipe_dict["train"]["max_steps"] = 2

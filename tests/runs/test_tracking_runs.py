@@ -78,7 +78,7 @@ def test_swanlab_logs_a_real_run_offline_into_the_output_folder(swanlab_plugin, 
     import swanlab
 
     monkeypatch.syspath_prepend(str(swanlab_plugin))
-    monkeypatch.setattr("portaft.plugins.registry._current", Plugins())
+    use_plugins(monkeypatch)  # entry points read again, the plugin's among them
     started, logged = [], []
     real_init, real_log = swanlab.init, swanlab.log
     monkeypatch.setattr(swanlab, "init", lambda **kw: started.append(kw) or real_init(**kw))

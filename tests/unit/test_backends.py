@@ -5,6 +5,7 @@ import types
 
 import pytest
 
+from helpers import use_plugins
 from portaft import BackendUnavailable, UserError, get_backend, hookimpl, load_recipe
 from portaft.plugins import Plugins, get_plugins
 from portaft.protocols import Backend
@@ -73,10 +74,7 @@ def plugin_with(*backends):
 @pytest.fixture
 def with_fakes(monkeypatch):
     def install(*backends):
-        plugins = Plugins()
-        plugins.register(plugin_with(*backends), name="fakes")
-        monkeypatch.setattr("portaft.plugins.registry._current", plugins)
-        return plugins
+        return use_plugins(monkeypatch, fakes=plugin_with(*backends))
 
     return install
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import use_plugins
 import portaft.data
 
 SYSTEM, Q1, A1, Q2, A2 = "你是心理咨询师。", "我最近睡不好。", "从什么时候开始的？", "两周前。", "我们一起找找原因。"
@@ -118,15 +119,12 @@ def test_the_format_plugin_in_the_docs_registers_a_working_format(monkeypatch, r
     import re
     import types
 
-    from portaft.plugins import Plugins
 
     page = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text(encoding="utf-8")
     [code] = [b for b in re.findall(r"```python\n(.*?)```", page, flags=re.S) if "def register_formats" in b]
     module = types.ModuleType("qa_format_plugin")
     exec(code, module.__dict__)
-    plugins = Plugins()
-    plugins.register(module, name="qa-format")
-    monkeypatch.setattr("portaft.plugins.registry._current", plugins)
+    use_plugins(monkeypatch, **{"qa-format": module})
     path = write_jsonl(tmp_path / "qa.jsonl", [{"sys": SYSTEM, "pairs": [[Q1, A1], [Q2, A2]]}])
     assert load(recipe_dict, tokenizer, {"path": str(path)})[0] == reference
     assert load(recipe_dict, tokenizer, {"path": str(path), "format": "qa-pairs"})[0] == reference
@@ -140,15 +138,12 @@ def test_a_format_that_fails_with_any_error_is_named_as_validate_names_it(monkey
     import types
 
     from portaft import hookimpl
-    from portaft.plugins import Plugins
 
     @hookimpl
     def register_formats(register):
         register("strict", lambda record: record["missing"], keys=("strict",))
 
-    plugins = Plugins()
-    plugins.register(types.SimpleNamespace(register_formats=register_formats), name="strict-format")
-    monkeypatch.setattr("portaft.plugins.registry._current", plugins)
+    use_plugins(monkeypatch, **{"strict-format": types.SimpleNamespace(register_formats=register_formats)})
     path = write_jsonl(tmp_path / "s.jsonl", [{"strict": 1}])
     recipe = {**recipe_dict, "data": [{"path": str(path)}]}
     for attempt in (lambda: load(recipe_dict, tokenizer, {"path": str(path)}), lambda: portaft.data.check(recipe)):

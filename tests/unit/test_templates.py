@@ -2,6 +2,7 @@
 
 import pytest
 
+from helpers import use_plugins
 from portaft import UserError
 from portaft.compat import chat_template_renderer
 from portaft.data.chat_templates import BUILT_IN, CHATML, DEEPSEEK, guess_template
@@ -179,7 +180,6 @@ def test_a_plugin_can_register_a_template(monkeypatch, recipe_dict, tokenizer):
 
     import portaft.data
     from portaft import hookimpl, load_recipe
-    from portaft.plugins import Plugins
 
     plain = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
              "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}")
@@ -188,9 +188,7 @@ def test_a_plugin_can_register_a_template(monkeypatch, recipe_dict, tokenizer):
     def register_templates(register):
         register("plain", plain)
 
-    plugins = Plugins()
-    plugins.register(types.SimpleNamespace(register_templates=register_templates), name="plain-template")
-    monkeypatch.setattr("portaft.plugins.registry._current", plugins)
+    use_plugins(monkeypatch, **{"plain-template": types.SimpleNamespace(register_templates=register_templates)})
     recipe = load_recipe({**recipe_dict, "template": "plain"})
     sample = portaft.data.load(recipe, tokenizer)[0]
     assert tokenizer.decode(sample["input_ids"]).startswith("system: 你是黄大力的智能助手。\nuser: 你是谁？")
