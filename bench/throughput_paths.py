@@ -31,7 +31,8 @@ def portaft_recipe(config: dict, batch: int) -> dict:
             "train": {"output_dir": str(output_dir), "per_device_train_batch_size": batch,
                       "learning_rate": LEARNING_RATE, "bf16": cuda, "max_steps": config["steps"],
                       "logging_steps": config.get("logging_steps", 1),
-                      "save_strategy": "no", "report_to": "none"}}
+                      "save_strategy": "no", "report_to": "none"},
+            "plan": "as_written"}  # steady-state tokens/s: the batch as given, layers compiled however short the run
 
 
 def recipe_path(config: dict, batch: int) -> Path:

@@ -39,6 +39,25 @@ def rename_training_arguments(train: dict[str, Any]) -> list[str]:
     return notes
 
 
+CHECKPOINTING_KEYS = ("activation_checkpointing", "gradient_checkpointing")  # transformers >= 5.2x's name first
+
+
+def checkpointing(train: dict[str, Any]) -> bool:
+    """Whether a recipe's train: asks for activation (gradient) checkpointing, by either name
+    (transformers 5.2x renamed gradient_checkpointing to activation_checkpointing)."""
+    return any(bool(train.get(key)) for key in CHECKPOINTING_KEYS)
+
+
+def set_checkpointing(train: dict[str, Any], args: Any, on: bool) -> None:
+    """Checkpointing on or off in the recipe's train: and in TrainingArguments already made,
+    under every name they have (transformers >= 5.2x reads activation_checkpointing)."""
+    names = [key for key in CHECKPOINTING_KEYS if hasattr(args, key)] or ["gradient_checkpointing"]
+    for key in [k for k in CHECKPOINTING_KEYS if k in train] or names[:1]:
+        train[key] = on
+    for key in names:
+        setattr(args, key, on)
+
+
 def trainer_kwargs(trainer_cls: type, tokenizer: Any) -> dict[str, Any]:
     """transformers 4.46 renamed Trainer's `tokenizer` to `processing_class`."""
     params = inspect.signature(trainer_cls.__init__).parameters

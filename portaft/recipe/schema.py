@@ -85,6 +85,14 @@ class Recipe(_Section):
         None, gt=0, description="Tokens per packed batch; default per_device_train_batch_size x mean sample length."
     )
     skip_bad_samples: bool = Field(False, description="Count and skip bad records instead of stopping.")
+    plan: Literal["auto", "as_written"] = Field(
+        "auto", description="auto: the backend chooses the micro-batch, accumulation and gradient checkpointing "
+        "for its device's memory, keeping the effective batch and every step's loss; as_written: exactly the "
+        "recipe's train: settings."
+    )
+    speed_ups: dict[str, bool] = Field(
+        default_factory=dict, description="A speed-up turned off by name (NAME: false), as the run's notes name it."
+    )
     finetune: Literal["lora", "full"] = Field(
         "lora", description="lora: train an adapter (the lora section); full: update every weight of the model."
     )

@@ -45,7 +45,7 @@ def run(
         return already_finished(resolved, world, notes)
     tokenizer, built = read_data(resolved, world, notes)
     model = load_model(resolved, tokenizer, notes)
-    plan = make_plan(resolved, model, tokenizer, built, notes)
+    plan = make_plan(resolved, world, model, tokenizer, built, notes)
     trained = train(resolved, world, model, tokenizer, built, plan, notes)
     return save(resolved, world, tokenizer, built, trained, notes, started)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from portaft.compat import checkpointing
 from portaft.errors import UserError
 from portaft.recipe import LoraSection, Recipe
 
@@ -23,7 +24,7 @@ def load_model(resolved: Any, tokenizer: Any, notes: Notes) -> Any:
     set_seed(int(recipe.train.get("seed", 42)))
     model = resolved.backend.load_model(recipe)
     _check_vocabulary(model, tokenizer, recipe)
-    model = prepare_for_training(model, recipe.finetune, recipe.lora, bool(recipe.train.get("gradient_checkpointing")),
+    model = prepare_for_training(model, recipe.finetune, recipe.lora, checkpointing(recipe.train),
                                  recipe.quantization is not None)
     notes.say(trainable_summary(model))
     return model

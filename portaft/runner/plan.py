@@ -1,7 +1,9 @@
 """Step 5, plan: how this run trains on its device, once the model is loaded.
 
-The speed-ups of stage "model" that apply (the backend's, then plugins'), each with a
-note, applied or not; then how batches are made, which some of them decide.
+First how the effective batch is split into micro-batches and whether layers are
+checkpointed (`plan: auto`, execution.py); then the speed-ups of stage "model" that apply
+(the backend's, then plugins'), each with a note, applied or not, which see that split;
+then how batches are made, which some of them decide.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, Callable
 from portaft.speed_ups import MODEL, Training, apply_stage
 
 from .batches import Batches, choose_batches
+from .execution import Execution, apply_execution, plan_execution
 from .notes import Notes
 
 
@@ -20,13 +23,18 @@ class Plan:
     batches: Batches
     callbacks: list[Any]  # the speed-ups' TrainerCallbacks
     on_exit: list[Callable[[], None]]  # called once training ends or fails
+    execution: Execution  # the micro-batch, accumulation and checkpointing, and why
 
 
-def make_plan(resolved: Any, model: Any, tokenizer: Any, built: Any, notes: Notes) -> Plan:
+def make_plan(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, notes: Notes) -> Plan:
     recipe = resolved.recipe
-    training = Training(recipe, resolved.device, resolved.processes, model=model, flattened=recipe.packing)
+    training = Training(recipe, resolved.device, resolved.processes, model=model, flattened=recipe.packing,
+                        tokens=sum(built.lengths), samples=len(built.lengths))
+    fused_loss = any(s.NAME == "fused_loss" and s.applies(training) is None for s in resolved.speed_ups)
+    execution = plan_execution(recipe, world.args, model, built.lengths, resolved.processes, fused_loss)
+    notes.add(*apply_execution(execution, world.args, recipe, model))
     notes.add(*apply_stage(resolved.speed_ups, MODEL, training))
     batches = choose_batches(resolved, tokenizer, built.lengths, training)
     if batches.note:
         notes.add(batches.note)
-    return Plan(batches, training.callbacks, training.on_exit)
+    return Plan(batches, training.callbacks, training.on_exit, execution)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from portaft.data.packing import resolve_packing
+from portaft.errors import UserError
 from portaft.plugins import Plugins
 from portaft.recipe import Recipe, RecipeSource
 from portaft.speed_ups import SETTINGS, Training, apply_stage
@@ -43,12 +44,35 @@ def resolve(source: RecipeSource, backend_name: str | None, overrides: Sequence[
     notes.add(*changes)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     device = backend.device_for(effective)
-    speed_ups = [*backend.speed_ups(effective), *plugins.speed_ups(backend)]
+    speed_ups, turned_off = _speed_ups(effective, [*backend.speed_ups(effective), *plugins.speed_ups(backend)],
+                                       _every_speed_up_name(plugins))
+    notes.add(*turned_off)
     notes.add(*apply_stage(speed_ups, SETTINGS, Training(effective, device, processes)))
     notes.add(*resolve_packing(effective), *_several_processes(effective, backend.name, device, processes))
     tracked = tracking.prepare(effective, plugins)
     notes.add(*tracked.notes)
     return Resolved(effective, backend, device, processes, speed_ups, plugins, tracked)
+
+
+def _speed_ups(recipe: Recipe, offered: list[Any], known: set[str]) -> tuple[list[Any], list[str]]:
+    """The offered speed-ups less those the recipe turns off (`speed_ups: {NAME: false}`), and a
+    note for each turned off. A name that no installed backend or plugin offers is an error (a
+    misspelt switch would leave the speed-up on without a word); one that only another backend
+    offers is not, so the recipe stays portable."""
+    names = [speed_up.NAME for speed_up in offered]
+    unknown = sorted(set(recipe.speed_ups) - known)
+    if unknown:
+        raise UserError(f"speed_ups: {', '.join(unknown)}: no installed backend offers such a speed-up "
+                        f"(known: {', '.join(sorted(known))}). Fix the name or remove the key.")
+    off = {name for name, on in recipe.speed_ups.items() if not on}
+    return ([speed_up for speed_up in offered if speed_up.NAME not in off],
+            [f"speed-up {name}: not used (turned off: speed_ups.{name}: false)" for name in names if name in off])
+
+
+def _every_speed_up_name(plugins: Plugins) -> set[str]:
+    offered = [speed_up for backend in plugins.backends.values()
+               for speed_up in (*getattr(backend, "SPEED_UPS", ()), *plugins.speed_ups(backend))]
+    return {speed_up.NAME for speed_up in offered}
 
 
 def _several_processes(recipe: Recipe, backend: str, device: Any, processes: int) -> list[str]:

@@ -50,6 +50,7 @@ def save(resolved: Any, world: Any, tokenizer: Any, built: Any, trained: Any, no
             "skipped": built.warnings[1:],
             "metrics": result.metrics,
             "peak_memory_gib": peak_device_memory_gib(world.args.device),
+            "plan": trained.plan,
             "log_history": result.log_history,
             "samples": {"before": result.samples_before, "during": result.samples_during,
                         "after": result.samples_after},

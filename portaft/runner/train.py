@@ -1,5 +1,7 @@
 """Step 6, train: the backend's Trainer, fed portaft's batches and watched (watch.py),
-resumed from the checkpoint world.py found, if any."""
+resumed from the checkpoint world.py found, if any. Under `plan: auto`, a run out of
+device memory in its first optimizer step (nothing trained yet) tries once more with a
+smaller micro-batch and the same effective batch (execution.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from typing import Any
 from portaft.compat import numpy_in_checkpoints
 
 from . import watch
+from .execution import smaller
 from .notes import Notes
 
 
@@ -19,21 +22,28 @@ class Trained:
     before: list[dict]  # the eval prompts' answers before training
     after: list[dict]
     during: list[dict] = field(default_factory=list)  # [{"step": N, "answers": [...]}]
+    plan: dict = field(default_factory=dict)  # the execution plan's record (portaft_run.json `plan`)
 
 
 def train(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, plan: Any, notes: Notes) -> Trained:
-    trainer = resolved.backend.trainer(model=model, args=world.args, train_dataset=built.dataset,
-                                       data_collator=plan.batches.collator, tokenizer=tokenizer,
-                                       batch_sampler=plan.batches.sampler)
-    watching = watch.attach(trainer, resolved, world, built.template, tokenizer, plan.callbacks, notes.say)
+    trainer, watching = _watched_trainer(resolved, world, model, tokenizer, built, plan, notes)
     before = watching.ask("before training", trainer.model)
     checkpoint = world.start.checkpoint
     if checkpoint is not None:
         notes.say(f"resuming from {checkpoint} (step {world.start.step}); same recipe and data as the run that "
                   "wrote it")
     try:
-        with numpy_in_checkpoints():
-            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        try:
+            output = _fit(trainer, checkpoint)
+        except Exception as exc:  # noqa: BLE001 (only an out-of-memory error in the first step is retried)
+            if not _retry_smaller(exc, trainer, checkpoint, plan):
+                raise
+            watching.loss.close()
+            notes.add(*smaller(plan.execution, world.args, resolved.recipe, model, _first_line(exc)))
+            del trainer
+            _release(model)
+            trainer, watching = _watched_trainer(resolved, world, model, tokenizer, built, plan, notes)
+            output = _fit(trainer, None)
     finally:
         watching.loss.close()
         for done in plan.on_exit:
@@ -41,4 +51,45 @@ def train(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, pla
     if watching.loss.bad_step is not None:
         raise watch.diverged(watching.loss, world.output_dir)
     after = watching.ask("after training", trainer.model)
-    return Trained(trainer, dict(output.metrics), before, after, watching.during.during if watching.during else [])
+    return Trained(trainer, dict(output.metrics), before, after, watching.during.during if watching.during else [],
+                   plan.execution.record())
+
+
+def _watched_trainer(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, plan: Any,
+                     notes: Notes) -> tuple[Any, Any]:
+    trainer = resolved.backend.trainer(model=model, args=world.args, train_dataset=built.dataset,
+                                       data_collator=plan.batches.collator, tokenizer=tokenizer,
+                                       batch_sampler=plan.batches.sampler)
+    return trainer, watch.attach(trainer, resolved, world, built.template, tokenizer, plan.callbacks, notes.say)
+
+
+def _fit(trainer: Any, checkpoint: Any) -> Any:
+    with numpy_in_checkpoints():
+        return trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+
+
+def _retry_smaller(exc: Exception, trainer: Any, checkpoint: Any, plan: Any) -> bool:
+    """Out of device memory before the first optimizer step, under plan auto, and not yet retried:
+    no weight has changed, so a fresh Trainer with a smaller micro-batch trains the same run."""
+    import torch
+
+    return (isinstance(exc, torch.OutOfMemoryError) and plan.execution.mode == "auto" and checkpoint is None
+            and not plan.execution.retries and trainer.state.global_step == 0)
+
+
+def _release(model: Any) -> None:
+    """The failed attempt's gradients and cached blocks given back before the next one."""
+    import gc
+
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    for name in ("cuda", "npu", "xpu"):
+        module = getattr(torch, name, None)
+        if module is not None and hasattr(module, "empty_cache") and module.is_available():
+            module.empty_cache()
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

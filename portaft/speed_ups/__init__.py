@@ -36,6 +36,8 @@ class Training:
     model: Any = None  # model stage: what the Trainer trains (the adapter applied), else None
     flattened: bool = False  # each batch's samples in one row without pad tokens (packing sets it too)
     share_by_tokens: bool = False  # several processes: each step's samples shared out by their tokens
+    tokens: int = 0  # model stage: the tokens of one epoch of the data (all processes')
+    samples: int = 0  # model stage: the samples of one epoch of the data
     callbacks: list[Any] = field(default_factory=list)  # TrainerCallbacks to add to the Trainer
     on_exit: list[Callable[[], None]] = field(default_factory=list)  # called once training ends or fails
     applied: list[str] = field(default_factory=list)  # NAMEs applied so far, in order

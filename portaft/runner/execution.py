@@ -1,0 +1,225 @@
+"""How the effective batch is computed on this device: `plan: auto` (issue 28).
+
+A recipe says what to compute: per_device_train_batch_size x gradient_accumulation_steps
+samples per process and optimizer step. transformers normalises the loss over the tokens
+of the whole accumulated batch (num_items_in_batch), and its sampler hands out the same
+samples in the same order whatever the micro-batch, so a micro-batch m with accumulation
+E / m trains the same samples in every optimizer step, with the same loss, as the recipe's
+split of E. Under `plan: auto` portaft picks that split and gradient checkpointing from a
+memory model of the device: the largest micro-batch (a divisor of E) that fits without
+checkpointing, at least the recipe's own; else the largest that fits with it. `as_written`,
+a device that does not say how much memory it has (the CPU), and packed batches (their
+token budget is the recipe's) keep the recipe's split.
+
+The memory model counts, on top of what is already on the device once the model loaded:
+the trainable weights' gradients and AdamW's two moments, and the activations autograd
+keeps per token (every layer's, or with checkpointing each layer's input plus one layer
+recomputed), with the logits unless the loss is fused, for the longest sample times the
+micro-batch (a padded batch is as long as its longest sample). The figures per token are
+estimates for a Llama-style decoder (see `activation_bytes`), times SAFETY; the predicted
+and the measured peak both go to portaft_run.json, so the model can be checked run by run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from portaft.compat import checkpointing as asks_for_checkpointing
+from portaft.compat import set_checkpointing
+from portaft.errors import UserError
+
+SAFETY = 1.25  # on the activation estimate: allocator rounding, temporaries the count leaves out
+HEADROOM_GIB = 2.0  # kept free: CUDA/NCCL workspaces, the allocator's fragmentation
+GIB = 2**30
+LIMIT_ENV = "PORTAFT_DEVICE_MEMORY_GIB"  # plan for (and hold this process to) a device this large
+
+
+@dataclass
+class Execution:
+    """The chosen split of the effective batch, and why; written to portaft_run.json under `plan`."""
+
+    mode: str  # auto | as_written
+    micro_batch: int
+    accumulation: int
+    checkpointing: bool
+    written: dict  # the recipe's own micro_batch, accumulation, checkpointing
+    why: str
+    budget_gib: float | None = None  # memory free for training once the model is loaded
+    predicted_peak_gib: float | None = None  # of the training on top of the loaded model
+    retries: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return (self.micro_batch, self.accumulation, self.checkpointing) != (
+            self.written["micro_batch"], self.written["accumulation"], self.written["checkpointing"])
+
+    def record(self) -> dict:
+        return asdict(self)
+
+
+def written_split(recipe: Any) -> dict:
+    train = recipe.train
+    return {"micro_batch": int(train.get("per_device_train_batch_size", 8)),
+            "accumulation": int(train.get("gradient_accumulation_steps", 1)),
+            "checkpointing": asks_for_checkpointing(train)}
+
+
+def plan_execution(recipe: Any, args: Any, model: Any, lengths: list[int], processes: int,
+                   fused_loss: bool) -> Execution:
+    written = written_split(recipe)
+    keep = Execution(recipe.plan, written["micro_batch"], written["accumulation"], written["checkpointing"], written,
+                     why="")
+    if recipe.plan == "as_written":
+        keep.why = "plan: as_written"
+        return keep
+    if recipe.packing:
+        keep.why = "packed batches: their token budget is the recipe's (packing_tokens)"
+        return keep
+    budget = memory_budget(args.device, processes)
+    if budget is None:
+        keep.why = f"the {args.device.type} device does not say how much memory it has"
+        return keep
+    facts = ModelFacts.of(model)
+    longest = max(lengths) if lengths else 1
+    effective = written["micro_batch"] * written["accumulation"]
+    fixed = facts.training_state_bytes
+
+    def peak(micro: int, checkpointing: bool) -> float:
+        return fixed + SAFETY * micro * longest * facts.activation_bytes(checkpointing, fused_loss)
+
+    choice = _choose(effective, written["micro_batch"], budget, peak)
+    if choice is None:  # nothing fits by the estimate: the recipe as written, and the OOM retry after it
+        micro, checkpointing = written["micro_batch"], written["checkpointing"]
+        why = (f"no split of the {effective} samples a step fits the {budget / GIB:.1f} GiB free by the estimate; "
+               "kept as written")
+    else:
+        micro, checkpointing = choice
+        why = (f"the largest micro-batch of the {effective} samples a step that fits {budget / GIB:.1f} GiB free "
+               f"{'with' if checkpointing else 'without'} gradient checkpointing (longest sample {longest} tokens)")
+    return Execution("auto", micro, effective // micro, checkpointing, written, why, round(budget / GIB, 2),
+                     round(peak(micro, checkpointing) / GIB, 2))
+
+
+def _choose(effective: int, written_micro: int, budget: float, peak: Any) -> tuple[int, bool] | None:
+    """Without checkpointing at a micro-batch at least the recipe's (it recomputes every layer:
+    about a third more compute); else the largest micro-batch that fits with it."""
+    divisors = [m for m in range(effective, 0, -1) if effective % m == 0]
+    for micro in divisors:
+        if micro >= min(written_micro, effective) and peak(micro, False) <= budget:
+            return micro, False
+    for micro in divisors:
+        if peak(micro, True) <= budget:
+            return micro, True
+    return None
+
+
+def apply_execution(execution: Execution, args: Any, recipe: Any, model: Any) -> list[str]:
+    """Set the chosen split on the TrainingArguments and the effective recipe; a note per change."""
+    if not execution.changed:
+        return [f"plan {execution.mode}: micro-batch {execution.micro_batch} x accumulation "
+                f"{execution.accumulation}, gradient checkpointing {'on' if execution.checkpointing else 'off'}, as "
+                f"written ({execution.why})"]
+    args.per_device_train_batch_size = execution.micro_batch
+    args.gradient_accumulation_steps = execution.accumulation
+    recipe.train.update(per_device_train_batch_size=execution.micro_batch,
+                        gradient_accumulation_steps=execution.accumulation)
+    set_checkpointing(recipe.train, args, execution.checkpointing)
+    if execution.checkpointing and hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()  # a frozen embedding's output must carry gradients through checkpoints
+    w = execution.written
+    predicted = f"; predicted peak {execution.predicted_peak_gib} GiB above the loaded model" \
+        if execution.predicted_peak_gib is not None else ""
+    return [f"plan auto: micro-batch {w['micro_batch']} x accumulation {w['accumulation']} -> "
+            f"{execution.micro_batch} x {execution.accumulation}, gradient checkpointing "
+            f"{'on' if w['checkpointing'] else 'off'} -> {'on' if execution.checkpointing else 'off'}: "
+            f"{execution.why}{predicted}. The same samples and loss in every optimizer step; "
+            "plan: as_written runs the recipe's split"]
+
+
+def smaller(execution: Execution, args: Any, recipe: Any, model: Any, error: str) -> list[str]:
+    """After an out-of-memory error in the first optimizer step: half the micro-batch (then
+    checkpointing on), the same effective batch."""
+    effective = execution.micro_batch * execution.accumulation
+    if execution.micro_batch > 1 and effective % (execution.micro_batch // 2) == 0:
+        execution.micro_batch //= 2
+    elif not execution.checkpointing:
+        execution.checkpointing = True
+    else:
+        raise UserError(f"out of device memory at micro-batch 1 with gradient checkpointing ({error}). Lower "
+                        "max_length, use quantization (QLoRA) or a device with more memory.")
+    execution.accumulation = effective // execution.micro_batch
+    execution.retries.append(error)
+    note = apply_execution(execution, args, recipe, model)[0]
+    return [f"out of device memory in the first step ({error}): trying once more. {note}"]
+
+
+def memory_budget(device: Any, processes: int) -> float | None:
+    """Bytes free on this process's device now (the model loaded), held to $PORTAFT_DEVICE_MEMORY_GIB
+    if set; the least of all processes', which must split their batches alike."""
+    import torch
+
+    module = getattr(torch, device.type, None)
+    if device.type == "cpu" or module is None or not hasattr(module, "mem_get_info"):
+        return None
+    free, total = module.mem_get_info(device)
+    limit = os.environ.get(LIMIT_ENV)
+    if limit:
+        cap = float(limit) * GIB
+        if hasattr(module, "set_per_process_memory_fraction"):
+            module.set_per_process_memory_fraction(min(1.0, cap / total), device)
+        free = min(free, cap - module.memory_allocated(device))
+    budget = free - HEADROOM_GIB * GIB
+    if processes > 1 and torch.distributed.is_initialized():
+        shared = torch.tensor([budget], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MIN)
+        budget = float(shared.item())
+    return budget
+
+
+@dataclass
+class ModelFacts:
+    """What the memory model reads from the loaded model."""
+
+    hidden: int
+    kv_hidden: int
+    ffn: int
+    layers: int
+    vocab: int
+    dtype_bytes: int
+    trainable_bytes: int
+    lora_rank: int
+
+    @classmethod
+    def of(cls, model: Any) -> "ModelFacts":
+        config = getattr(model, "config", None)
+        get = (lambda name, default: getattr(config, name, None) or default)
+        hidden = get("hidden_size", 4096)
+        heads = get("num_attention_heads", 32)
+        kv_heads = get("num_key_value_heads", heads)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        floating = next((p for p in model.parameters() if p.is_floating_point()), None)
+        ranks = [getattr(m, "r", {}) for m in model.modules() if isinstance(getattr(m, "r", None), dict)]
+        rank = max((max(r.values()) for r in ranks if r), default=0)
+        return cls(hidden, hidden * kv_heads // heads, get("intermediate_size", 4 * hidden),
+                   get("num_hidden_layers", 32), get("vocab_size", 32000),
+                   floating.element_size() if floating is not None else 4,
+                   sum(p.numel() * p.element_size() for p in trainable), rank)
+
+    @property
+    def training_state_bytes(self) -> float:
+        return 3 * self.trainable_bytes  # gradients, AdamW's two moments (kept in the weights' dtype)
+
+    def activation_bytes(self, checkpointing: bool, fused_loss: bool) -> float:
+        """Bytes autograd keeps per token. One Llama-style layer keeps: the two RMSNorms' input,
+        float32 normalised copy and output ((4b + 8) h); q, k, v for RoPE and attention
+        (b (2h + 3 kv)); attention's output (b h); the MLP's gate, up, activation and product
+        (4 b ffn); LoRA's rank-r intermediates (7 b r). With checkpointing each layer keeps
+        only its input (b h) and one layer is recomputed at a time. The logits: b + 4 + 4
+        bytes a vocabulary entry (the logits, their float32 copy, the softmax's gradient)."""
+        b, h = self.dtype_bytes, self.hidden
+        layer = (4 * b + 8) * h + b * (2 * h + 3 * self.kv_hidden) + b * h + 4 * b * self.ffn + 7 * b * self.lora_rank
+        kept = (self.layers * b * h + layer) if checkpointing else self.layers * layer
+        logits = 0 if fused_loss else self.vocab * (b + 8)
+        return kept + logits

@@ -1,0 +1,88 @@
+"""plan: auto on real (tiny, CPU, float32) runs: another split of the same effective batch trains
+the same losses as the recipe as written, and running out of memory in the first step retries
+once with a smaller micro-batch. The CPU says nothing about its memory, so the device's budget
+is stood in for (execution.memory_budget)."""
+
+import json
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+import portaft
+from helpers import plugin, use_plugins
+from portaft.runner import execution
+
+GIB = 2**30
+
+
+def _seed_recipe(recipe_dict, tmp_path, name, **changes):
+    """The seed tutorial's split (2 x 8, checkpointing) on 16 tiny conversations, 2 optimizer steps."""
+    rows = [{"conversation": [{"input": f"第{i}个问题：" + "你好" * (i % 5 + 1), "output": "回答" * (i % 7 + 2)}]}
+            for i in range(32)]
+    data = tmp_path / "chats.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    return {**recipe_dict, "data": [{"path": str(data)}], "eval_prompts": [], **changes,
+            "train": {**recipe_dict["train"], "output_dir": str(tmp_path / name), "per_device_train_batch_size": 2,
+                      "gradient_accumulation_steps": 8, "gradient_checkpointing": True, "num_train_epochs": 1,
+                      "max_steps": -1, "logging_steps": 1, "save_strategy": "no"}}
+
+
+def _losses(result):
+    return [entry["loss"] for entry in result.log_history if "loss" in entry]
+
+
+def test_plan_auto_trains_the_losses_of_the_recipe_as_written(recipe_dict, tmp_path, monkeypatch):
+    as_written = portaft.run(_seed_recipe(recipe_dict, tmp_path, "as-written", plan="as_written"), backend="cpu",
+                             echo=lambda _: None)
+    monkeypatch.setattr(execution, "memory_budget", lambda device, processes: 64 * GIB)  # a large device
+    checkpointed = []
+    use_plugins(monkeypatch, spy=plugin(register_callbacks=lambda register: register(_Checkpointed(checkpointed))))
+    auto = portaft.run(_seed_recipe(recipe_dict, tmp_path, "auto"), backend="cpu", echo=lambda _: None)
+    assert checkpointed == [False]  # the Trainer really trained without checkpointing
+
+    assert len(_losses(auto)) == len(_losses(as_written)) == 2
+    assert _losses(auto) == pytest.approx(_losses(as_written), rel=1e-3)
+    record = json.loads((auto.output_dir / "portaft_run.json").read_text())["plan"]
+    assert (record["micro_batch"], record["accumulation"], record["checkpointing"]) == (16, 1, False)
+    assert record["written"] == {"micro_batch": 2, "accumulation": 8, "checkpointing": True}
+    assert record["budget_gib"] == 64 and record["predicted_peak_gib"] > 0
+    assert any(n.startswith("plan auto: micro-batch 2 x accumulation 8 -> 16 x 1") for n in auto.notes)
+    effective = (auto.output_dir / "portaft_recipe.yaml").read_text()
+    assert "per_device_train_batch_size: 16" in effective  # the effective recipe says what ran
+    kept = json.loads((as_written.output_dir / "portaft_run.json").read_text())["plan"]
+    assert (kept["micro_batch"], kept["accumulation"], kept["checkpointing"]) == (2, 8, True)
+
+
+class _Checkpointed(TrainerCallback):
+    def __init__(self, seen):
+        self.seen = seen
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.seen.append(bool(model.is_gradient_checkpointing))
+
+
+class _RunsOutAboveTwoSamples(TrainerCallback):
+    """A device on which a micro-batch of more than 2 samples does not fit."""
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if args.per_device_train_batch_size > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
+def test_out_of_memory_in_the_first_step_retries_once_with_a_smaller_micro_batch(recipe_dict, tmp_path, monkeypatch):
+    as_written = portaft.run(_seed_recipe(recipe_dict, tmp_path, "as-written", plan="as_written"), backend="cpu",
+                             echo=lambda _: None)
+    monkeypatch.setattr(execution, "memory_budget", lambda device, processes: 64 * GIB)
+    use_plugins(monkeypatch, small_device=plugin(register_callbacks=lambda register: register(
+        _RunsOutAboveTwoSamples())))
+    with pytest.raises(torch.OutOfMemoryError):  # 16 -> 8 is still too large, and it retries only once
+        portaft.run(_seed_recipe(recipe_dict, tmp_path, "twice"), backend="cpu", echo=lambda _: None)
+
+    monkeypatch.setattr(execution, "_choose", lambda *args: (4, False))  # the memory model's guess: 4 fit
+    retried = portaft.run(_seed_recipe(recipe_dict, tmp_path, "retried"), backend="cpu", echo=lambda _: None)
+    record = json.loads((retried.output_dir / "portaft_run.json").read_text())["plan"]
+    assert (record["micro_batch"], record["accumulation"]) == (2, 8)
+    assert record["retries"] == ["CUDA out of memory. Tried to allocate 20.00 GiB"]
+    assert any("out of device memory in the first step" in n for n in retried.notes)
+    assert _losses(retried) == pytest.approx(_losses(as_written), rel=1e-3)

@@ -1,0 +1,112 @@
+"""plan: auto (issue 28): how the effective batch is split on a device, decided from a memory
+model, and whether compiling the layers pays for the run's length."""
+
+import types
+
+import pytest
+
+from portaft.errors import UserError
+from portaft.recipe import Recipe
+from portaft.runner import execution
+from portaft.runner.execution import Execution, ModelFacts, apply_execution, plan_execution, smaller
+from portaft.speed_ups import Training, compiled_layers
+
+GIB = 2**30
+
+
+def _recipe(**changes) -> Recipe:
+    train = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 8, "gradient_checkpointing": True,
+             "output_dir": "/tmp/unused", **changes.pop("train", {})}
+    return Recipe.model_validate({"model": {"name_or_path": "m"}, "data": [{"path": "d.jsonl"}], "train": train,
+                                  **changes})
+
+
+# a DeepSeek-LLM-7B-shaped decoder's facts: bf16, LoRA r 64 on all linear layers (150M weights)
+SEVEN_B = ModelFacts(hidden=4096, kv_hidden=4096, ffn=11008, layers=30, vocab=129280, dtype_bytes=2,
+                     trainable_bytes=150_000_000 * 2, lora_rank=64)
+
+
+def _plan(recipe, budget_gib, lengths=(1024, 300, 200), facts=SEVEN_B, fused=False, monkeypatch=None):
+    monkeypatch.setattr(execution, "memory_budget", lambda device, processes: None if budget_gib is None
+                        else budget_gib * GIB)
+    monkeypatch.setattr(ModelFacts, "of", classmethod(lambda cls, model: facts))
+    args = types.SimpleNamespace(device=types.SimpleNamespace(type="cuda"))
+    return plan_execution(recipe, args, object(), list(lengths), 1, fused)
+
+
+def test_a_large_device_trains_the_seed_recipe_without_checkpointing_at_a_larger_micro_batch(monkeypatch):
+    plan = _plan(_recipe(), 110, monkeypatch=monkeypatch)
+    assert (plan.micro_batch, plan.accumulation, plan.checkpointing) == (8, 2, False)
+    assert plan.micro_batch * plan.accumulation == 16  # the effective batch is the recipe's
+    assert plan.predicted_peak_gib <= 110 and plan.changed
+
+
+def test_the_split_follows_the_device_memory(monkeypatch):
+    splits = {budget: (p.micro_batch, p.checkpointing) for budget in (300, 64, 24, 12, 1)
+              for p in [_plan(_recipe(), budget, monkeypatch=monkeypatch)]}
+    assert splits[300] == (16, False)
+    assert splits[64] == (4, False)  # 8 would need ~71 GiB by the estimate
+    assert splits[24] == (2, False)  # the recipe's own micro-batch, without checkpointing
+    assert splits[12] == (4, True)  # not even that without checkpointing: the largest that fits with it
+    assert splits[1] == (2, True)  # nothing fits by the estimate: kept as written (then the OOM retry)
+
+
+def test_the_fused_loss_leaves_out_the_logits(monkeypatch):
+    assert SEVEN_B.activation_bytes(False, True) < SEVEN_B.activation_bytes(False, False)
+    assert SEVEN_B.activation_bytes(True, False) < SEVEN_B.activation_bytes(False, True)
+    assert _plan(_recipe(), 64, fused=True, monkeypatch=monkeypatch).micro_batch == 8
+
+
+@pytest.mark.parametrize("changes, budget, why", [
+    ({"plan": "as_written"}, 300, "plan: as_written"),
+    ({"packing": True}, 300, "packed batches"),
+    ({}, None, "does not say how much memory"),
+])
+def test_the_recipes_split_is_kept(monkeypatch, changes, budget, why):
+    plan = _plan(_recipe(**changes), budget, monkeypatch=monkeypatch)
+    assert (plan.micro_batch, plan.accumulation, plan.checkpointing) == (2, 8, True) and not plan.changed
+    assert why in plan.why
+
+
+def test_the_chosen_split_is_set_on_the_arguments_and_the_effective_recipe_with_a_note(monkeypatch):
+    recipe = _recipe()
+    plan = _plan(recipe, 110, monkeypatch=monkeypatch)
+    args = types.SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=8,
+                                 gradient_checkpointing=True)
+    [note] = apply_execution(plan, args, recipe, object())
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.gradient_checkpointing) == (
+        8, 2, False)
+    assert recipe.train["per_device_train_batch_size"] == 8 and recipe.train["gradient_checkpointing"] is False
+    assert note.startswith("plan auto: micro-batch 2 x accumulation 8 -> 8 x 2, gradient checkpointing on -> off")
+    assert plan.record()["written"] == {"micro_batch": 2, "accumulation": 8, "checkpointing": True}
+
+
+def test_after_running_out_of_memory_the_micro_batch_halves_then_checkpointing_comes_on():
+    args = types.SimpleNamespace()
+    recipe = _recipe()
+    plan = Execution("auto", 2, 8, False, {"micro_batch": 2, "accumulation": 8, "checkpointing": True}, "")
+    assert "out of device memory in the first step (CUDA out of memory)" in smaller(
+        plan, args, recipe, object(), "CUDA out of memory")[0]
+    assert (plan.micro_batch, plan.accumulation, plan.checkpointing) == (1, 16, False)
+    smaller(plan, args, recipe, object(), "again")
+    assert (plan.micro_batch, plan.accumulation, plan.checkpointing) == (1, 16, True)
+    with pytest.raises(UserError, match="micro-batch 1 with gradient checkpointing"):
+        smaller(plan, args, recipe, object(), "and again")
+
+
+def _training(recipe, tokens, samples=1000, processes=1):
+    return Training(recipe, device=None, processes=processes, tokens=tokens, samples=samples)
+
+
+def test_layers_compile_under_plan_auto_only_where_the_run_is_long_enough_to_pay_for_it():
+    no_checkpoints = {"gradient_checkpointing": False, "num_train_epochs": 1}
+    short = _training(_recipe(train=no_checkpoints), tokens=700_000)  # the seed tutorial's 2,400 conversations
+    assert "compiling pays from about 5M" in compiled_layers.applies(short)
+    assert compiled_layers.applies(_training(_recipe(train=no_checkpoints), tokens=16_000_000)) is None
+    as_written = _training(_recipe(train=no_checkpoints, plan="as_written"), tokens=700_000)
+    assert compiled_layers.applies(as_written) is None
+    # max_steps counts: 2,000 steps of 16 samples of 200 tokens is 6.4M tokens
+    steps = _training(_recipe(train={**no_checkpoints, "max_steps": 2000}), tokens=200_000, samples=1000)
+    assert compiled_layers.applies(steps) is None
+    # several processes share the data
+    assert compiled_layers.applies(_training(_recipe(train=no_checkpoints), 6_000_000, processes=2)) is not None
