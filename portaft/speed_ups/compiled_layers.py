@@ -54,7 +54,12 @@ def tokens_to_train(training: Any) -> float:
 
 
 def apply(training: Any) -> str:
-    return compile_layers(training.base_model)
+    from . import _compile_cache
+
+    path = _compile_cache.cache_file(_compile_cache.device_name())
+    cached = _compile_cache.load(path)
+    training.callbacks.append(_compile_cache.CompileProgress(path, speak=True))
+    return f"{compile_layers(training.base_model)}; {cached}"
 
 
 def compile_layers(model: Any, backend: Any = "inductor") -> str:

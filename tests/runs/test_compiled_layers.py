@@ -151,3 +151,29 @@ def test_compiled_layers_stay_whole_under_ddp(monkeypatch):
                         types.SimpleNamespace(bucket_bytes_cap=25 * 1024 * 1024))
     decoder(torch.randn(4, 512)).sum().backward()
     assert graphs and all(linears == 2 for linears in graphs), graphs
+
+
+def test_what_the_layers_compiled_is_kept_for_the_next_run(tiny_model, tmp_path, monkeypatch, capsys):
+    """The compile's artifacts go to the user's cache folder after the steps that compile, and the
+    next run loads them before compiling; the first step says it compiles."""
+    from portaft.speed_ups import _compile_cache
+    from portaft.speed_ups.compiled_layers import compile_layers
+
+    monkeypatch.setenv("PORTAFT_CACHE", str(tmp_path / "cache"))
+    path = _compile_cache.cache_file("cpu")
+    assert str(path).startswith(str(tmp_path / "cache" / "compile"))
+    assert _compile_cache.load(path).startswith("no compile cache yet")
+    torch._dynamo.reset()
+    model = _adapted_tiny_model(tiny_model)
+    compile_layers(model.get_base_model())
+    progress = _compile_cache.CompileProgress(path, speak=True)
+    progress.on_step_begin(None, None, None)
+    _loss_and_grads(model, torch.randint(3, 100, (2, 12)))
+    for _ in range(_compile_cache.CompileProgress.KEEP_AFTER_STEP):
+        progress.on_step_end(None, None, None)
+    said = capsys.readouterr().err
+    assert "compiling the decoder layers" in said and "first step done in" in said
+    assert path.is_file() and path.stat().st_size > 0
+    kept = path.stat().st_size
+    assert not _compile_cache.save(path) or path.stat().st_size >= kept  # never replaced by a smaller set
+    assert _compile_cache.load(path) == f"compile cache loaded from {path}"

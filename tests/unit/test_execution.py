@@ -110,3 +110,18 @@ def test_layers_compile_under_plan_auto_only_where_the_run_is_long_enough_to_pay
     assert compiled_layers.applies(steps) is None
     # several processes share the data
     assert compiled_layers.applies(_training(_recipe(train=no_checkpoints), 6_000_000, processes=2)) is not None
+
+
+def test_a_speed_up_is_turned_off_by_name_and_a_misspelt_name_is_refused(recipe_dict):
+    from portaft.plugins import get_plugins
+    from portaft.runner.notes import Notes
+    from portaft.runner.resolve import resolve
+
+    said = []
+    # compiled_layers is the cuda backend's: naming it keeps a recipe portable to the cpu backend
+    recipe = {**recipe_dict, "speed_ups": {"frozen_objects": False, "compiled_layers": False}}
+    resolved = resolve(recipe, "cpu", [], get_plugins(), Notes(said.append))
+    assert "frozen_objects" not in [s.NAME for s in resolved.speed_ups]
+    assert "portaft: speed-up frozen_objects: not used (turned off: speed_ups.frozen_objects: false)" in said
+    with pytest.raises(UserError, match="speed_ups: compiled_layer: no installed backend offers"):
+        resolve({**recipe_dict, "speed_ups": {"compiled_layer": False}}, "cpu", [], get_plugins(), Notes(said.append))
