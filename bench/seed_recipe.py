@@ -85,17 +85,35 @@ def recipe(model: Path, data: Path, output_dir: Path, cuda: bool) -> dict:
 
 
 def run_portaft(work: Path, name: str, recipe_file: Path, overrides: list[str]) -> dict:
+    """`portaft run` in a process of its own; an override `env:NAME=VALUE` sets its environment
+    instead (e.g. env:PORTAFT_DEVICE_MEMORY_GIB=24, a smaller device)."""
     output_dir = work / "runs" / name
+    env = dict(item[4:].split("=", 1) for item in overrides if item.startswith("env:"))
+    overrides = [item for item in overrides if not item.startswith("env:")]
     command = [sys.executable, "-m", "portaft", "run", str(recipe_file), f"train.output_dir={output_dir}",
                "resume=false", "overwrite=true", *overrides]
     started = time.time()
-    done = subprocess.run(command, capture_output=True, text=True)
+    output, first_step = timed_lines(command, {**os.environ, **env}, started)
     wall = time.time() - started
-    (work / f"{name}.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        return {"command": " ".join(command[2:]), "error": (done.stdout + done.stderr)[-3000:], "wall_s": wall}
+    (work / f"{name}.log").write_text(output)
+    if not (output_dir / "portaft_run.json").is_file():
+        return {"command": " ".join(command[2:]), "error": output[-3000:], "wall_s": wall}
     record = json.loads((output_dir / "portaft_run.json").read_text())
-    return {"command": "portaft " + " ".join(command[4:]), "wall_s": round(wall, 1), **summary(record)}
+    return {"command": "portaft " + " ".join(command[4:]), "env": env, "wall_s": round(wall, 1), **summary(record),
+            "launch_to_first_step_s": first_step}
+
+
+def timed_lines(command: list[str], env: dict, started: float) -> tuple[str, float | None]:
+    """Run `command`, its output merged; also when its first step's log line ("step 1/...") came."""
+    import re
+
+    lines, first = [], None
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as child:
+        for line in child.stdout:
+            lines.append(line)
+            if first is None and re.search(r"(^|\r)step 1/", line):
+                first = round(time.time() - started, 1)
+    return "".join(lines), first
 
 
 def summary(record: dict) -> dict:
@@ -160,15 +178,18 @@ def run_hf(work: Path, model: Path, data: Path) -> dict:
 
 
 def table(record: dict) -> str:
-    rows = ["| path | wall s | train s | tokens/s | peak GiB | steps | loss 1, 2, 3 | last loss |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| path | wall s | launch to step 1, s | train s | tokens/s | peak GiB | split | steps | loss 1, 2, 3 | "
+            "last loss |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, path in record["paths"].items():
         if "error" in path:
-            rows.append(f"| {name} | failed: {path['error'][-200:]!r} |  |  |  |  |  |  |")
+            rows.append(f"| {name} | failed: {path['error'][-200:]!r} |  |  |  |  |  |  |  |  |")
             continue
-        rows.append(f"| {name} | {path['wall_s']} | {path['train_s']} | {path['trained_tokens_per_s']:,.0f} | "
-                    f"{path['peak_gib']} | {path['steps']} | {', '.join(f'{x:.4f}' for x in path['losses'][:3])} | "
-                    f"{path['last_loss']:.4f} |")
+        plan = path.get("plan") or {}
+        split = (f"{plan['micro_batch']} x {plan['accumulation']}{', ckpt' if plan['checkpointing'] else ''}"
+                 if plan else "2 x 8, ckpt")
+        rows.append(f"| {name} | {path['wall_s']} | {path.get('launch_to_first_step_s')} | {path['train_s']} | "
+                    f"{path['trained_tokens_per_s']:,.0f} | {path['peak_gib']} | {split} | {path['steps']} | "
+                    f"{', '.join(f'{x:.4f}' for x in path['losses'][:3])} | {path['last_loss']:.4f} |")
     return "\n".join(rows) + "\n"
 
 
