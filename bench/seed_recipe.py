@@ -71,6 +71,10 @@ def prepare(work: Path, shape: str, count: int) -> tuple[Path, Path]:
         model = build_tiny_model(work / "models" / "tiny")
     else:
         model = build_model(work / "models" / shape, shape)
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # building it on the GPU left its blocks cached in this (parent) process
     data = work / f"emollm-style-{count}.jsonl"
     with data.open("w", encoding="utf-8") as file:
         for row in xtuner_rows(count, 8 if shape == "tiny" else 1):
@@ -197,7 +201,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", default="deepseek-llm-7b")
     parser.add_argument("--conversations", type=int, nargs="+", default=[400])
-    parser.add_argument("--paths", nargs="+", default=["auto", "as_written", "hf"])
+    parser.add_argument("--paths", nargs="*", default=["auto", "as_written", "hf"])
     parser.add_argument("--variant", action="append", default=[], help="NAME=override,override (a portaft path)")
     parser.add_argument("--work", default=os.environ.get("TMPDIR", "/tmp") + "/seed-recipe")
     parser.add_argument("--out", required=False)

@@ -30,8 +30,11 @@ def make_plan(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any,
     recipe = resolved.recipe
     training = Training(recipe, resolved.device, resolved.processes, model=model, flattened=recipe.packing,
                         tokens=sum(built.lengths), samples=len(built.lengths))
-    fused_loss = any(s.NAME == "fused_loss" and s.applies(training) is None for s in resolved.speed_ups)
-    execution = plan_execution(recipe, world.args, model, built.lengths, resolved.processes, fused_loss)
+    offered = {s.NAME: s for s in resolved.speed_ups}
+    fused = {name for name in ("fused_loss", "fused_norms", "compiled_layers")
+             if name in offered and offered[name].applies(training) is None}
+    execution = plan_execution(recipe, world.args, model, built.lengths, resolved.processes,
+                               fused_loss="fused_loss" in fused, fused_layers=bool(fused - {"fused_loss"}))
     notes.add(*apply_execution(execution, world.args, recipe, model))
     notes.add(*apply_stage(resolved.speed_ups, MODEL, training))
     batches = choose_batches(resolved, tokenizer, built.lengths, training)

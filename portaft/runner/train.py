@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from portaft.compat import numpy_in_checkpoints
+from portaft.errors import UserError
 
 from . import watch
 from .execution import smaller
@@ -37,7 +38,7 @@ def train(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, pla
             output = _fit(trainer, checkpoint)
         except Exception as exc:  # noqa: BLE001 (only an out-of-memory error in the first step is retried)
             if not _retry_smaller(exc, trainer, checkpoint, plan):
-                raise
+                raise _out_of_memory(exc, trainer, plan, world) or exc
             watching.loss.close()
             notes.add(*smaller(plan.execution, world.args, resolved.recipe, model, _first_line(exc)))
             del trainer
@@ -75,6 +76,22 @@ def _retry_smaller(exc: Exception, trainer: Any, checkpoint: Any, plan: Any) -> 
 
     return (isinstance(exc, torch.OutOfMemoryError) and plan.execution.mode == "auto" and checkpoint is None
             and not plan.execution.retries and trainer.state.global_step == 0)
+
+
+def _out_of_memory(exc: Exception, trainer: Any, plan: Any, world: Any) -> UserError | None:
+    """An out-of-memory error that is not retried, said as what to change (not a traceback)."""
+    import torch
+
+    if not isinstance(exc, torch.OutOfMemoryError):
+        return None
+    e = plan.execution
+    return UserError(
+        f"out of device memory in step {trainer.state.global_step + 1} ({_first_line(exc)}), training "
+        f"micro-batches of {e.micro_batch} x {e.accumulation} with gradient checkpointing "
+        f"{'on' if e.checkpointing else 'off'} (plan {e.mode}: {e.why}). Lower train.per_device_train_batch_size "
+        "(raising gradient_accumulation_steps keeps the effective batch) with plan: as_written, set "
+        "train.gradient_checkpointing: true, or lower max_length; checkpoints in "
+        f"{world.output_dir} let a rerun resume.")
 
 
 def _release(model: Any) -> None:

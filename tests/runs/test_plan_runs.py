@@ -86,3 +86,19 @@ def test_out_of_memory_in_the_first_step_retries_once_with_a_smaller_micro_batch
     assert record["retries"] == ["CUDA out of memory. Tried to allocate 20.00 GiB"]
     assert any("out of device memory in the first step" in n for n in retried.notes)
     assert _losses(retried) == pytest.approx(_losses(as_written), rel=1e-3)
+
+
+class _RunsOutInStepTwo(TrainerCallback):
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 18.00 MiB")
+
+
+def test_out_of_memory_after_the_first_step_is_one_message_saying_what_to_change(recipe_dict, tmp_path, monkeypatch):
+    from portaft.errors import UserError
+
+    monkeypatch.setattr(execution, "memory_budget", lambda device, processes: 64 * GIB)
+    use_plugins(monkeypatch, late=plugin(register_callbacks=lambda register: register(_RunsOutInStepTwo())))
+    with pytest.raises(UserError, match=r"out of device memory in step 2 \(CUDA out of memory.*micro-batches of 16 "
+                                        r"x 1 with gradient checkpointing off.*plan: as_written"):
+        portaft.run(_seed_recipe(recipe_dict, tmp_path, "late"), backend="cpu", echo=lambda _: None)
