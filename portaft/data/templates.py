@@ -3,7 +3,8 @@
 A named template is a Jinja chat template in the same dialect as a tokenizer's
 `chat_template`, so one renderer serves both, the token ids equal
 `apply_chat_template` by construction, and a model saved by portaft carries the
-exact template it was trained with. The named templates are in `chat_templates.py`.
+exact template it was trained with. The named templates are in `chat_templates/`, one
+module per model family.
 """
 
 from __future__ import annotations
