@@ -14,6 +14,7 @@ from .deepseek import DEEPSEEK
 from .llama import LLAMA2, LLAMA3
 from .llamafactory import DEFAULT
 from .qwen import QWEN2, QWEN25
+from .qwen3 import QWEN3, QWEN3_NO_THINKING
 
 BUILT_IN = {
     "deepseek": DEEPSEEK,
@@ -21,16 +22,19 @@ BUILT_IN = {
     "llama3": LLAMA3,
     "qwen": QWEN25,
     "qwen2": QWEN2,
+    "qwen3": QWEN3,
+    "qwen3_nothink": QWEN3_NO_THINKING,
     "chatml": CHATML,
     "internlm2": INTERNLM2,
     "default": DEFAULT,
 }
 
 __all__ = ["BUILT_IN", "CHATML", "DEEPSEEK", "DEFAULT", "INTERNLM2", "LLAMA2", "LLAMA3", "QWEN2", "QWEN25",
-           "guess_template"]
+           "QWEN3", "QWEN3_NO_THINKING", "guess_template"]
 
 MODEL_TYPES = {  # config.json model_type -> template, for a tokenizer with no chat_template of its own
     "qwen2": "qwen", "qwen2_moe": "qwen",
+    "qwen3": "qwen3", "qwen3_moe": "qwen3",
     "internlm2": "internlm2", "internlm2_5": "internlm2",
 }
 
