@@ -131,7 +131,7 @@ def span_in_history(render: Callable[..., str], messages: list[dict], index: int
     head, tail = probed[:position], probed[position + len(PROBE):]
     if position < 0 or PROBE in tail or not (text.startswith(head) and text.endswith(tail)) \
             or len(head) + len(tail) > len(text):
-        raise TemplateError(RERENDERS)
+        raise TemplateError(dropped_system(text, messages) or RERENDERS)
     earlier = render(messages[:index])
     before = render(messages[:index], add_generation_prompt=True)
     start = len(before) if text.startswith(before) else min(len(os.path.commonprefix([before, text])), len(head))
@@ -141,8 +141,21 @@ def span_in_history(render: Callable[..., str], messages: list[dict], index: int
                             "the thinking (qwen3_nothink), so it cannot be trained as the reply. Use qwen3.")
     if not text.startswith(earlier) or start < len(earlier) or not ending or not tail.startswith(ending) \
             or (not text.startswith(before) and start != len(head)):
-        raise TemplateError(RERENDERS)
+        raise TemplateError(dropped_system(text, messages) or RERENDERS)
     return start, len(text) - len(tail) + len(ending)
+
+
+def dropped_system(text: str, messages: list[dict]) -> str:
+    """Why a conversation cannot be masked when its template leaves out the system prompt
+    (Mistral's templates write it into the last user message only when that message ends
+    the conversation, so a training sample would lose it); '' when that is not the case."""
+    if messages and messages[0]["role"] == "system" and messages[0]["content"].strip() \
+            and messages[0]["content"].strip() not in text:
+        return ("the chat template leaves out the system prompt once the conversation ends with a reply "
+                "(Mistral's templates put it into the last user message only), so this sample would train "
+                "without it. Remove the system prompt, write it into the first user message, or use another "
+                "template.")
+    return ""
 
 
 def has_reasoning(message: dict) -> bool:

@@ -1,4 +1,4 @@
-"""qwen3 and qwen3_nothink equal their models' official templates token for token,
+"""qwen3, qwen3_nothink and mistral equal their models' official templates token for token,
 and the loss trains exactly the replies and their end-of-turn.
 
 The official Jinja is embedded as a fixture (official_chat_templates.json), copied from other
@@ -41,6 +41,7 @@ WITH_SYSTEM = [[SYSTEM, *conversation] for conversation in WITHOUT_SYSTEM]
 
 FAMILIES = {  # bos, eos, the markers the family's tokenizer has as single tokens
     "qwen3": (None, "<|im_end|>", ["<|im_start|>", "<think>", "</think>"]),
+    "mistral": ("<s>", "</s>", ["[INST]", "[/INST]"]),
 }
 
 
@@ -94,6 +95,7 @@ EQUAL = [
     ("qwen3", "qwen3", "qwen3-2025-04", {}, WITH_SYSTEM + WITHOUT_SYSTEM),
     ("qwen3_nothink", "qwen3", "qwen3-2025-07", {"enable_thinking": False}, WITH_SYSTEM + WITHOUT_SYSTEM),
     ("qwen3_nothink", "qwen3", "qwen3-2025-04", {"enable_thinking": False}, WITH_SYSTEM + WITHOUT_SYSTEM),
+    ("mistral", "mistral", "mistral-v3", {}, WITHOUT_SYSTEM),  # with a system prompt: refused, below
 ]
 
 
@@ -117,13 +119,14 @@ TRAINED = {  # the Chinese conversation's trained text: each reply and its end-o
     "qwen3": ["可以说说是从什么时候开始的吗？<|im_end|>\n",
               "<think>\n\n</think>\n\n我们一起找找原因。<|im_end|>\n"],
     "qwen3_nothink": ["可以说说是从什么时候开始的吗？<|im_end|>\n", "我们一起找找原因。<|im_end|>\n"],
+    "mistral": [" 可以说说是从什么时候开始的吗？</s>", " 我们一起找找原因。</s>"],
 }
 
 
 @pytest.mark.parametrize("name", sorted(TRAINED))
 def test_only_the_replies_and_their_end_of_turn_are_trained(family_tokenizers, name):
     tokenizer = family_tokenizers[name.split("_")[0]]
-    messages = [SYSTEM, *CHINESE]
+    messages = CHINESE if name == "mistral" else [SYSTEM, *CHINESE]
     ids, labels, error = encode(tokenizer, BUILT_IN[name], messages)
     assert error == ""
     assert trained_runs(tokenizer, ids, labels) == TRAINED[name]
@@ -135,6 +138,7 @@ def test_only_the_replies_and_their_end_of_turn_are_trained(family_tokenizers, n
 @pytest.mark.parametrize("name, ending, stop", [
     ("qwen3", "<|im_end|>\n", ["<|im_end|>"]),
     ("qwen3_nothink", "<|im_end|>\n", ["<|im_end|>"]),
+    ("mistral", "</s>", ["</s>"]),
 ])
 def test_each_template_passes_portafts_checks_and_stops_at_its_end_of_turn(family_tokenizers, name, ending, stop):
     tokenizer = family_tokenizers[name.split("_")[0]]
@@ -170,6 +174,15 @@ def test_reasoning_a_template_would_drop_is_refused_not_trained_without_it(famil
     assert "message 5 has reasoning, but this template's generation prompt closes the thinking" in error
 
 
+def test_mistral_refuses_a_system_prompt_its_template_would_drop(family_tokenizers):
+    tokenizer = family_tokenizers["mistral"]
+    official = tokenizer.apply_chat_template([SYSTEM, *CHINESE], chat_template=OFFICIAL["mistral-v3"], tokenize=False)
+    assert SYSTEM["content"] not in official  # Mistral's own template drops it
+    for messages in WITH_SYSTEM:
+        _, _, error = encode(tokenizer, BUILT_IN["mistral"], messages)
+        assert "leaves out the system prompt once the conversation ends with a reply" in error
+
+
 def test_a_qwen3_tokenizer_with_its_own_template_is_used_and_masked(family_tokenizers):
     tokenizer = family_tokenizers["qwen3"]
     tokenizer.chat_template = OFFICIAL["qwen3-2025-07"]
@@ -184,7 +197,7 @@ def test_a_qwen3_tokenizer_with_its_own_template_is_used_and_masked(family_token
 
 
 @pytest.mark.parametrize("model_type, template", [
-    ("qwen3", "qwen3"), ("qwen3_moe", "qwen3"),
+    ("qwen3", "qwen3"), ("qwen3_moe", "qwen3"), ("mistral", "mistral"),
 ])
 def test_template_auto_knows_the_new_model_types(tokenizer, model_type, template):
     assert guess_template(model_type, tokenizer) == template
@@ -192,5 +205,5 @@ def test_template_auto_knows_the_new_model_types(tokenizer, model_type, template
 
 
 def test_an_unknown_template_name_still_lists_the_new_ones(tokenizer):
-    with pytest.raises(UserError, match="qwen3, qwen3_nothink"):
+    with pytest.raises(UserError, match="qwen3, qwen3_nothink, mistral"):
         choose_template("auto", tokenizer, BUILT_IN, model_type="gpt2")

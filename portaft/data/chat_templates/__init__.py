@@ -13,6 +13,7 @@ from .chatml import CHATML, INTERNLM2
 from .deepseek import DEEPSEEK
 from .llama import LLAMA2, LLAMA3
 from .llamafactory import DEFAULT
+from .mistral import MISTRAL_V03
 from .qwen import QWEN2, QWEN25
 from .qwen3 import QWEN3, QWEN3_NO_THINKING
 
@@ -24,18 +25,20 @@ BUILT_IN = {
     "qwen2": QWEN2,
     "qwen3": QWEN3,
     "qwen3_nothink": QWEN3_NO_THINKING,
+    "mistral": MISTRAL_V03,
     "chatml": CHATML,
     "internlm2": INTERNLM2,
     "default": DEFAULT,
 }
 
-__all__ = ["BUILT_IN", "CHATML", "DEEPSEEK", "DEFAULT", "INTERNLM2", "LLAMA2", "LLAMA3", "QWEN2", "QWEN25",
+__all__ = ["BUILT_IN", "CHATML", "DEEPSEEK", "DEFAULT", "INTERNLM2", "LLAMA2", "LLAMA3", "MISTRAL_V03", "QWEN2", "QWEN25",
            "QWEN3", "QWEN3_NO_THINKING", "guess_template"]
 
 MODEL_TYPES = {  # config.json model_type -> template, for a tokenizer with no chat_template of its own
     "qwen2": "qwen", "qwen2_moe": "qwen",
     "qwen3": "qwen3", "qwen3_moe": "qwen3",
     "internlm2": "internlm2", "internlm2_5": "internlm2",
+    "mistral": "mistral",
 }
 
 
