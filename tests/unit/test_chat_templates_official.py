@@ -1,4 +1,4 @@
-"""qwen3, qwen3_nothink and mistral equal their models' official templates token for token,
+"""qwen3, qwen3_nothink, mistral and gemma equal their models' official templates token for token,
 and the loss trains exactly the replies and their end-of-turn.
 
 The official Jinja is embedded as a fixture (official_chat_templates.json), copied from other
@@ -42,6 +42,7 @@ WITH_SYSTEM = [[SYSTEM, *conversation] for conversation in WITHOUT_SYSTEM]
 FAMILIES = {  # bos, eos, the markers the family's tokenizer has as single tokens
     "qwen3": (None, "<|im_end|>", ["<|im_start|>", "<think>", "</think>"]),
     "mistral": ("<s>", "</s>", ["[INST]", "[/INST]"]),
+    "gemma": ("<bos>", "<eos>", ["<start_of_turn>", "<end_of_turn>"]),
 }
 
 
@@ -96,6 +97,8 @@ EQUAL = [
     ("qwen3_nothink", "qwen3", "qwen3-2025-07", {"enable_thinking": False}, WITH_SYSTEM + WITHOUT_SYSTEM),
     ("qwen3_nothink", "qwen3", "qwen3-2025-04", {"enable_thinking": False}, WITH_SYSTEM + WITHOUT_SYSTEM),
     ("mistral", "mistral", "mistral-v3", {}, WITHOUT_SYSTEM),  # with a system prompt: refused, below
+    ("gemma", "gemma", "gemma-3", {}, WITH_SYSTEM + WITHOUT_SYSTEM),
+    ("gemma", "gemma", "gemma-2", {}, WITHOUT_SYSTEM),  # Gemma 2's template raises on a system prompt
 ]
 
 
@@ -120,6 +123,7 @@ TRAINED = {  # the Chinese conversation's trained text: each reply and its end-o
               "<think>\n\n</think>\n\n我们一起找找原因。<|im_end|>\n"],
     "qwen3_nothink": ["可以说说是从什么时候开始的吗？<|im_end|>\n", "我们一起找找原因。<|im_end|>\n"],
     "mistral": [" 可以说说是从什么时候开始的吗？</s>", " 我们一起找找原因。</s>"],
+    "gemma": ["可以说说是从什么时候开始的吗？<end_of_turn>\n", "我们一起找找原因。<end_of_turn>\n"],
 }
 
 
@@ -139,6 +143,7 @@ def test_only_the_replies_and_their_end_of_turn_are_trained(family_tokenizers, n
     ("qwen3", "<|im_end|>\n", ["<|im_end|>"]),
     ("qwen3_nothink", "<|im_end|>\n", ["<|im_end|>"]),
     ("mistral", "</s>", ["</s>"]),
+    ("gemma", "<end_of_turn>\n", ["<eos>", "<end_of_turn>"]),
 ])
 def test_each_template_passes_portafts_checks_and_stops_at_its_end_of_turn(family_tokenizers, name, ending, stop):
     tokenizer = family_tokenizers[name.split("_")[0]]
@@ -198,12 +203,21 @@ def test_a_qwen3_tokenizer_with_its_own_template_is_used_and_masked(family_token
 
 @pytest.mark.parametrize("model_type, template", [
     ("qwen3", "qwen3"), ("qwen3_moe", "qwen3"), ("mistral", "mistral"),
+    ("gemma", "gemma"), ("gemma2", "gemma"), ("gemma3", "gemma"), ("gemma3_text", "gemma"),
 ])
 def test_template_auto_knows_the_new_model_types(tokenizer, model_type, template):
     assert guess_template(model_type, tokenizer) == template
     assert choose_template("auto", tokenizer, BUILT_IN, model_type=model_type) == (template, BUILT_IN[template])
 
 
+def test_a_system_prompt_gemma_2_refuses_is_folded_into_the_first_user_turn(family_tokenizers):
+    tokenizer = family_tokenizers["gemma"]
+    with pytest.raises(Exception, match="System role not supported"):
+        tokenizer.apply_chat_template([SYSTEM, *CHINESE], chat_template=OFFICIAL["gemma-2"], tokenize=False)
+    ids, _, error = encode(tokenizer, BUILT_IN["gemma"], [SYSTEM, *CHINESE])
+    assert error == "" and "<start_of_turn>user\n你是心理咨询师。\n\n我最近睡不好。" in tokenizer.decode(ids)
+
+
 def test_an_unknown_template_name_still_lists_the_new_ones(tokenizer):
-    with pytest.raises(UserError, match="qwen3, qwen3_nothink, mistral"):
+    with pytest.raises(UserError, match="qwen3, qwen3_nothink, mistral, gemma"):
         choose_template("auto", tokenizer, BUILT_IN, model_type="gpt2")

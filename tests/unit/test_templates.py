@@ -21,7 +21,7 @@ MESSAGES = [
 # The markers each built-in template puts around turns, added as special tokens so the
 # DeepSeek tokenizer splits them as the model's own tokenizer would.
 MARKERS = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
-           "<think>", "</think>", "[INST]", "[/INST]"]
+           "<think>", "</think>", "[INST]", "[/INST]", "<start_of_turn>", "<end_of_turn>"]
 
 
 def conversation_for(name):

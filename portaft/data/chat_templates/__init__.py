@@ -11,6 +11,7 @@ from typing import Any
 
 from .chatml import CHATML, INTERNLM2
 from .deepseek import DEEPSEEK
+from .gemma import GEMMA3
 from .llama import LLAMA2, LLAMA3
 from .llamafactory import DEFAULT
 from .mistral import MISTRAL_V03
@@ -26,19 +27,21 @@ BUILT_IN = {
     "qwen3": QWEN3,
     "qwen3_nothink": QWEN3_NO_THINKING,
     "mistral": MISTRAL_V03,
+    "gemma": GEMMA3,
     "chatml": CHATML,
     "internlm2": INTERNLM2,
     "default": DEFAULT,
 }
 
-__all__ = ["BUILT_IN", "CHATML", "DEEPSEEK", "DEFAULT", "INTERNLM2", "LLAMA2", "LLAMA3", "MISTRAL_V03", "QWEN2", "QWEN25",
-           "QWEN3", "QWEN3_NO_THINKING", "guess_template"]
+__all__ = ["BUILT_IN", "CHATML", "DEEPSEEK", "DEFAULT", "GEMMA3", "INTERNLM2", "LLAMA2", "LLAMA3", "MISTRAL_V03",
+           "QWEN2", "QWEN25", "QWEN3", "QWEN3_NO_THINKING", "guess_template"]
 
 MODEL_TYPES = {  # config.json model_type -> template, for a tokenizer with no chat_template of its own
     "qwen2": "qwen", "qwen2_moe": "qwen",
     "qwen3": "qwen3", "qwen3_moe": "qwen3",
     "internlm2": "internlm2", "internlm2_5": "internlm2",
     "mistral": "mistral",
+    "gemma": "gemma", "gemma2": "gemma", "gemma3": "gemma", "gemma3_text": "gemma",
 }
 
 
