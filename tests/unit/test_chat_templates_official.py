@@ -1,4 +1,4 @@
-"""qwen3, qwen3_nothink, mistral and gemma equal their models' official templates token for token,
+"""qwen3, qwen3_nothink, mistral, gemma and llama3.1 equal their models' official templates token for token,
 and the loss trains exactly the replies and their end-of-turn.
 
 The official Jinja is embedded as a fixture (official_chat_templates.json), copied from other
@@ -43,6 +43,7 @@ FAMILIES = {  # bos, eos, the markers the family's tokenizer has as single token
     "qwen3": (None, "<|im_end|>", ["<|im_start|>", "<think>", "</think>"]),
     "mistral": ("<s>", "</s>", ["[INST]", "[/INST]"]),
     "gemma": ("<bos>", "<eos>", ["<start_of_turn>", "<end_of_turn>"]),
+    "llama3.1": ("<|begin_of_text|>", "<|eot_id|>", ["<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>"]),
 }
 
 
@@ -99,6 +100,7 @@ EQUAL = [
     ("mistral", "mistral", "mistral-v3", {}, WITHOUT_SYSTEM),  # with a system prompt: refused, below
     ("gemma", "gemma", "gemma-3", {}, WITH_SYSTEM + WITHOUT_SYSTEM),
     ("gemma", "gemma", "gemma-2", {}, WITHOUT_SYSTEM),  # Gemma 2's template raises on a system prompt
+    ("llama3.1", "llama3.1", "llama-3.3", {}, WITH_SYSTEM + WITHOUT_SYSTEM),
 ]
 
 
@@ -124,12 +126,13 @@ TRAINED = {  # the Chinese conversation's trained text: each reply and its end-o
     "qwen3_nothink": ["可以说说是从什么时候开始的吗？<|im_end|>\n", "我们一起找找原因。<|im_end|>\n"],
     "mistral": [" 可以说说是从什么时候开始的吗？</s>", " 我们一起找找原因。</s>"],
     "gemma": ["可以说说是从什么时候开始的吗？<end_of_turn>\n", "我们一起找找原因。<end_of_turn>\n"],
+    "llama3.1": ["可以说说是从什么时候开始的吗？<|eot_id|>", "我们一起找找原因。<|eot_id|>"],
 }
 
 
 @pytest.mark.parametrize("name", sorted(TRAINED))
 def test_only_the_replies_and_their_end_of_turn_are_trained(family_tokenizers, name):
-    tokenizer = family_tokenizers[name.split("_")[0]]
+    tokenizer = family_tokenizers[name.removesuffix("_nothink")]
     messages = CHINESE if name == "mistral" else [SYSTEM, *CHINESE]
     ids, labels, error = encode(tokenizer, BUILT_IN[name], messages)
     assert error == ""
@@ -144,9 +147,10 @@ def test_only_the_replies_and_their_end_of_turn_are_trained(family_tokenizers, n
     ("qwen3_nothink", "<|im_end|>\n", ["<|im_end|>"]),
     ("mistral", "</s>", ["</s>"]),
     ("gemma", "<end_of_turn>\n", ["<eos>", "<end_of_turn>"]),
+    ("llama3.1", "<|eot_id|>", ["<|eot_id|>"]),
 ])
 def test_each_template_passes_portafts_checks_and_stops_at_its_end_of_turn(family_tokenizers, name, ending, stop):
-    tokenizer = family_tokenizers[name.split("_")[0]]
+    tokenizer = family_tokenizers[name.removesuffix("_nothink")]
     render = chat_template_renderer(tokenizer, BUILT_IN[name])
     assert check_template(render, name, tokenizer) == ending == reply_ending(render)
     assert stop_token_ids(tokenizer, BUILT_IN[name]) == tokenizer.convert_tokens_to_ids(stop)
@@ -219,5 +223,10 @@ def test_a_system_prompt_gemma_2_refuses_is_folded_into_the_first_user_turn(fami
 
 
 def test_an_unknown_template_name_still_lists_the_new_ones(tokenizer):
-    with pytest.raises(UserError, match="qwen3, qwen3_nothink, mistral, gemma"):
+    with pytest.raises(UserError, match="llama3.1, qwen, qwen2, qwen3, qwen3_nothink, mistral, gemma"):
         choose_template("auto", tokenizer, BUILT_IN, model_type="gpt2")
+
+
+def test_template_auto_tells_llama_3_1_from_llama_3_by_its_special_tokens(family_tokenizers):
+    tokenizer = family_tokenizers["llama3.1"]
+    assert guess_template("llama", tokenizer) == "llama3.1"  # <|eot_id|> and <|eom_id|>
