@@ -158,23 +158,35 @@ def dropped_system(text: str, messages: list[dict]) -> str:
     return ""
 
 
-def has_reasoning(message: dict) -> bool:
+def reasoning_of(message: dict) -> str:
+    """A reply's reasoning: its `reasoning_content`, or the "<think>...</think>" part of its
+    content (which Qwen3's template reads the same way)."""
     reasoning = message.get("reasoning_content")
-    return (isinstance(reasoning, str) and bool(reasoning.strip())) or "</think>" in message.get("content", "")
+    if isinstance(reasoning, str):
+        return reasoning.strip()
+    content = message.get("content", "")
+    return content.split("</think>")[0].split("<think>")[-1].strip() if "</think>" in content else ""
+
+
+def has_reasoning(message: dict) -> bool:
+    return bool(reasoning_of(message))
 
 
 def check_reasoning_rendered(text: str, messages: list[dict]) -> None:
-    """A reply's reasoning (`reasoning_content`) must be in the rendered text: a template
-    without reasoning support, or Qwen3's for replies before the last user message, drops
-    it, and the reply would train without the reasoning the data holds."""
+    """A reply's reasoning must be in the rendered text: a template without reasoning
+    support, or Qwen3's for replies before the last user message, drops it, and the
+    reply would train without the reasoning the data holds."""
     for number, message in enumerate(messages, 1):
-        reasoning = message.get("reasoning_content") if message.get("role") == "assistant" else None
-        if isinstance(reasoning, str) and reasoning.strip() and reasoning.strip() not in text:
+        if message["role"] != "assistant" or (
+                "reasoning_content" not in message and "</think>" not in message["content"]):
+            continue  # the common case, checked cheaply: every record passes here
+        reasoning = reasoning_of(message)
+        if reasoning and reasoning not in text:
             raise TemplateError(
-                f"message {number} has reasoning_content, but the chat template does not render it "
-                "(templates with reasoning: qwen3, qwen3_nothink, or the tokenizer's own if it has "
-                "reasoning; Qwen3's renders it only for replies after the last user message, so split a "
-                "multi-turn conversation into one sample per reasoning reply).")
+                f"message {number} has reasoning (reasoning_content or <think>), but the chat template "
+                "does not render it, so the reply would train without it. Templates that render reasoning: "
+                "qwen3, or a tokenizer's own that does; Qwen3's renders it only for replies after the last "
+                "user message, so split a multi-turn conversation into one sample per reasoning reply.")
 
 
 def reply_shape(render: Callable[..., str]) -> tuple[str, str] | None:

@@ -174,11 +174,14 @@ def test_reasoning_a_template_would_drop_is_refused_not_trained_without_it(famil
     tokenizer = family_tokenizers["qwen3"]
     early = [SYSTEM, CHINESE[0], {**CHINESE[1], "reasoning_content": "先问起因。"}, *CHINESE[2:]]
     _, _, error = encode(tokenizer, BUILT_IN["qwen3"], early)
-    assert "message 3 has reasoning_content, but the chat template does not render it" in error
+    assert "message 3 has reasoning (reasoning_content or <think>), but the chat template does not render it" in error
     assert "after the last user message" in error
+    inline = [SYSTEM, CHINESE[0], {**CHINESE[1], "content": "<think>先问起因。</think>" + CHINESE[1]["content"]}, *CHINESE[2:]]
+    assert "message 3 has reasoning" in encode(tokenizer, BUILT_IN["qwen3"], inline)[2]
+    assert encode(tokenizer, BUILT_IN["chatml"], inline)[2] == ""  # written as it is, so trained as it is
     last = [SYSTEM, *CHINESE[:-1], {**CHINESE[-1], "reasoning_content": "先问起因。"}]
     _, _, error = encode(tokenizer, BUILT_IN["chatml"], last)
-    assert "message 5 has reasoning_content" in error
+    assert "message 5 has reasoning" in error
     _, _, error = encode(tokenizer, BUILT_IN["qwen3_nothink"], last)
     assert "message 5 has reasoning, but this template's generation prompt closes the thinking" in error
 
