@@ -3,11 +3,13 @@
 A named template is a Jinja chat template in the same dialect as a tokenizer's
 `chat_template`, so one renderer serves both, the token ids equal
 `apply_chat_template` by construction, and a model saved by portaft carries the
-exact template it was trained with. The named templates are in `chat_templates.py`.
+exact template it was trained with. The named templates are in `chat_templates/`, one
+module per model family.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 from portaft.errors import UserError
@@ -86,7 +88,8 @@ def trained_spans(render: Callable[..., str], messages: list[dict], train_on: st
     for index in replies:
         before = render(messages[:index], add_generation_prompt=True)
         if not text.startswith(before):
-            raise TemplateError(RERENDERS)
+            spans.append(span_in_history(render, messages, index, text, shape))
+            continue
         if index == len(messages) - 1:
             end = len(text)
         elif shape is not None and text.startswith(shape[0] + messages[index]["content"] + shape[1], len(before)):
@@ -94,14 +97,96 @@ def trained_spans(render: Callable[..., str], messages: list[dict], train_on: st
         else:
             through = render(messages[: index + 1])
             if not (through.startswith(before) and text.startswith(through)):
-                raise TemplateError(RERENDERS)
+                spans.append(span_in_history(render, messages, index, text, shape))
+                continue
             end = len(through)
         spans.append((len(before), end))
+    check_reasoning_rendered(text, messages)
     return text, spans
 
 
 RERENDERS = ("the chat template renders earlier turns differently once later turns follow, so the "
              "assistant replies cannot be located for loss masking. Use a named template (template: NAME).")
+
+
+PROBE = "\u2063portaft-reply\u2063"  # text no conversation contains (invisible separators around it)
+
+
+def span_in_history(render: Callable[..., str], messages: list[dict], index: int, text: str,
+                    shape: tuple[str, str] | None) -> tuple[int, int]:
+    """The span of a reply that the template renders differently once later turns follow
+    (Qwen3 drops the think block of replies before the last user message; with
+    enable_thinking=False its generation prompt ends in an empty think block that those
+    replies do not have).
+
+    The reply is found by rendering the whole conversation with its text replaced by a
+    probe: what comes before the probe and after it must be the conversation's own text.
+    The span runs from the end of the generation prompt, or where the generation prompt
+    stops matching the conversation when that is exactly where the reply's text starts
+    (all earlier turns intact before it), through the reply and the template's end-of-turn
+    text. Anything else is a template portaft cannot mask: TemplateError.
+    """
+    probed = render([*messages[:index], {**messages[index], "content": PROBE}, *messages[index + 1:]])
+    position = probed.find(PROBE)
+    head, tail = probed[:position], probed[position + len(PROBE):]
+    if position < 0 or PROBE in tail or not (text.startswith(head) and text.endswith(tail)) \
+            or len(head) + len(tail) > len(text):
+        raise TemplateError(dropped_system(text, messages) or RERENDERS)
+    earlier = render(messages[:index])
+    before = render(messages[:index], add_generation_prompt=True)
+    start = len(before) if text.startswith(before) else min(len(os.path.commonprefix([before, text])), len(head))
+    ending = shape[1] if shape is not None else reply_ending(render)
+    if not text.startswith(before) and start != len(head) and has_reasoning(messages[index]):
+        raise TemplateError(f"message {index + 1} has reasoning, but this template's generation prompt closes "
+                            "the thinking (qwen3_nothink), so it cannot be trained as the reply. Use qwen3.")
+    if not text.startswith(earlier) or start < len(earlier) or not ending or not tail.startswith(ending) \
+            or (not text.startswith(before) and start != len(head)):
+        raise TemplateError(dropped_system(text, messages) or RERENDERS)
+    return start, len(text) - len(tail) + len(ending)
+
+
+def dropped_system(text: str, messages: list[dict]) -> str:
+    """Why a conversation cannot be masked when its template leaves out the system prompt
+    (Mistral's templates write it into the last user message only when that message ends
+    the conversation, so a training sample would lose it); '' when that is not the case."""
+    if messages and messages[0]["role"] == "system" and messages[0]["content"].strip() \
+            and messages[0]["content"].strip() not in text:
+        return ("the chat template leaves out the system prompt once the conversation ends with a reply "
+                "(Mistral's templates put it into the last user message only), so this sample would train "
+                "without it. Remove the system prompt, write it into the first user message, or use another "
+                "template.")
+    return ""
+
+
+def reasoning_of(message: dict) -> str:
+    """A reply's reasoning: its `reasoning_content`, or the "<think>...</think>" part of its
+    content (which Qwen3's template reads the same way)."""
+    reasoning = message.get("reasoning_content")
+    if isinstance(reasoning, str):
+        return reasoning.strip()
+    content = message.get("content", "")
+    return content.split("</think>")[0].split("<think>")[-1].strip() if "</think>" in content else ""
+
+
+def has_reasoning(message: dict) -> bool:
+    return bool(reasoning_of(message))
+
+
+def check_reasoning_rendered(text: str, messages: list[dict]) -> None:
+    """A reply's reasoning must be in the rendered text: a template without reasoning
+    support, or Qwen3's for replies before the last user message, drops it, and the
+    reply would train without the reasoning the data holds."""
+    for number, message in enumerate(messages, 1):
+        if message["role"] != "assistant" or (
+                "reasoning_content" not in message and "</think>" not in message["content"]):
+            continue  # the common case, checked cheaply: every record passes here
+        reasoning = reasoning_of(message)
+        if reasoning and reasoning not in text:
+            raise TemplateError(
+                f"message {number} has reasoning (reasoning_content or <think>), but the chat template "
+                "does not render it, so the reply would train without it. Templates that render reasoning: "
+                "qwen3, or a tokenizer's own that does; Qwen3's renders it only for replies after the last "
+                "user message, so split a multi-turn conversation into one sample per reasoning reply.")
 
 
 def reply_shape(render: Callable[..., str]) -> tuple[str, str] | None:

@@ -20,7 +20,14 @@ MESSAGES = [
 
 # The markers each built-in template puts around turns, added as special tokens so the
 # DeepSeek tokenizer splits them as the model's own tokenizer would.
-MARKERS = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+MARKERS = ["<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
+           "<think>", "</think>", "[INST]", "[/INST]", "<start_of_turn>", "<end_of_turn>"]
+
+
+def conversation_for(name):
+    """MESSAGES, less the system prompt for a template that refuses one (mistral: its template
+    drops it once the conversation ends with a reply; test_chat_templates_official.py)."""
+    return MESSAGES[1:] if name == "mistral" else MESSAGES
 
 
 @pytest.fixture(scope="module")
@@ -64,15 +71,16 @@ def trained_runs(tokenizer, encoded):
 
 @pytest.mark.parametrize("name", sorted(BUILT_IN))
 def test_every_named_template_encodes_to_apply_chat_template_ids(marked_tokenizer, name):
-    template = BUILT_IN[name]
-    assert chat_template_renderer(marked_tokenizer, template)(MESSAGES) == marked_tokenizer.apply_chat_template(
-        MESSAGES, chat_template=template, tokenize=False)
-    assert encode(marked_tokenizer, template)["input_ids"] == reference_ids(marked_tokenizer, template)
+    template, messages = BUILT_IN[name], conversation_for(name)
+    assert chat_template_renderer(marked_tokenizer, template)(messages) == marked_tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False)
+    ids = encode(marked_tokenizer, template, messages)["input_ids"]
+    assert ids == reference_ids(marked_tokenizer, template, messages)
 
 
 @pytest.mark.parametrize("name", sorted(BUILT_IN))
 def test_every_named_template_trains_both_replies_and_their_end_of_turn(marked_tokenizer, name):
-    runs = trained_runs(marked_tokenizer, encode(marked_tokenizer, BUILT_IN[name]))
+    runs = trained_runs(marked_tokenizer, encode(marked_tokenizer, BUILT_IN[name], conversation_for(name)))
     assert len(runs) == 2
     for run, reply in zip(runs, ("可以说说是从什么时候开始的吗？", "我们一起找找原因。")):
         assert reply in run
@@ -201,6 +209,6 @@ def test_locating_spans_through_the_rust_encoding_equals_the_offset_mapping(mark
 
     render = chat_template_renderer(marked_tokenizer, BUILT_IN[name])
     for train_on in ("assistant", "all"):
-        text, spans = trained_spans(render, MESSAGES, train_on)
+        text, spans = trained_spans(render, conversation_for(name), train_on)
         encoding = marked_tokenizer.backend_tokenizer.encode(text, add_special_tokens=False)
         assert ranges_from_encoding(encoding, spans) == ranges_from_offsets(encoding.offsets, spans)
