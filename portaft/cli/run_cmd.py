@@ -38,11 +38,13 @@ def handle(args) -> int:
 def launch(args, overrides: list[str]) -> int:
     """Check what can be checked here (recipe, backend), then start N copies of this
     command under torchrun; each one trains as one process of a DDP run."""
+    from portaft import engines
     from portaft.plugins import get_plugins
 
     plugins = get_plugins()
     recipe = plugins.read_recipe(args.recipe, overrides)
     backend = plugins.choose_backend(recipe, args.backend)
+    engines.check_before_start(backend, recipe, args.nproc, args.recipe)  # what one process would refuse
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
                "-m", "portaft", "run", args.recipe, "--backend", backend.name, *overrides]
     collectives = backend.device_for(recipe).collectives
