@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from . import nodes
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="fine-tune as a recipe says")
@@ -16,6 +18,7 @@ def add_parser(sub) -> None:
                    help="cpu: run the backend's library code on the CPU (overrides the recipe's device)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train in N processes on this machine through torchrun (DDP: gloo, nccl or hccl)")
+    nodes.add_arguments(p)
     p.add_argument("--skip-bad-samples", action="store_true", help="count and skip bad records instead of stopping")
     p.set_defaults(handler=handle)
 
@@ -27,7 +30,7 @@ def handle(args) -> int:
         from portaft.errors import UserError
 
         raise UserError(f"--nproc {args.nproc}: give a number of processes, 1 or more.")
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    if nodes.several(args) and "LOCAL_RANK" not in os.environ:
         return launch(args, overrides)
     from portaft.runner import run
 
@@ -41,13 +44,14 @@ def launch(args, overrides: list[str]) -> int:
     from portaft import engines
     from portaft.plugins import get_plugins
 
+    torchrun = nodes.torchrun_arguments(args)
     plugins = get_plugins()
     recipe = plugins.read_recipe(args.recipe, overrides)
     backend = plugins.choose_backend(recipe, args.backend)
-    engines.check_before_start(backend, recipe, args.nproc, args.recipe)  # what one process would refuse
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "portaft", "run", args.recipe, "--backend", backend.name, *overrides]
+    engines.check_before_start(backend, recipe, args.nproc * args.nnodes, args.recipe)  # what one process would refuse
+    command = [sys.executable, "-m", "torch.distributed.run", *torchrun, "-m", "portaft", "run", args.recipe,
+               "--backend", backend.name, *overrides]
     collectives = backend.device_for(recipe).collectives
-    print(f"portaft: launching {args.nproc} processes on {backend.name} ({collectives}) with torchrun",
+    print(f"portaft: launching {nodes.describe(args)} on {backend.name} ({collectives}) with torchrun",
           flush=True)
     return subprocess.call(command)

@@ -178,3 +178,21 @@ def test_the_shipped_presets_are_package_data():
     assert "presets/*.json" in pyproject["tool"]["setuptools"]["package-data"]["portaft.engines"]
     for name in deepspeed.PRESETS:
         assert json.loads(deepspeed.preset_path(name).read_text(encoding="utf-8"))["zero_optimization"]["stage"] in (2, 3)
+
+
+def test_node_arguments_that_cannot_make_one_run_are_refused_before_torchrun():
+    from portaft.cli import nodes
+    from portaft.errors import UserError
+
+    def args(**given):
+        return types.SimpleNamespace(**{"nproc": 2, "nnodes": 2, "node_rank": 0, "master_addr": "10.0.0.1",
+                                        "master_port": 29500, **given})
+
+    assert nodes.torchrun_arguments(args()) == ["--nnodes=2", "--node-rank=0", "--master-addr=10.0.0.1",
+                                                "--master-port=29500", "--nproc-per-node=2"]
+    assert nodes.torchrun_arguments(args(nnodes=1)) == ["--standalone", "--nproc-per-node=2"]
+    for wrong, said in ((args(node_rank=2), "--node-rank 2: with --nnodes 2 give 0 to 1"),
+                        (args(master_addr=None), "--nnodes 2: give --master-addr"),
+                        (args(nnodes=0), "--nnodes 0: give a number of machines")):
+        with pytest.raises(UserError, match=said):
+            nodes.torchrun_arguments(wrong)
