@@ -30,12 +30,20 @@ def handle(args) -> int:
         from portaft.errors import UserError
 
         raise UserError(f"--nproc {args.nproc}: give a number of processes, 1 or more.")
-    if nodes.several(args) and "LOCAL_RANK" not in os.environ:
+    if "LOCAL_RANK" not in os.environ and (nodes.several(args) or _asks_for_an_engine(args, overrides)):
         return launch(args, overrides)
     from portaft.runner import run
 
     run(args.recipe, backend=args.backend, overrides=overrides)
     return 0
+
+
+def _asks_for_an_engine(args, overrides: list[str]) -> bool:
+    """FSDP and DeepSpeed need torchrun's processes, even one."""
+    from portaft import engines
+    from portaft.plugins import get_plugins
+
+    return engines.asked(get_plugins().read_recipe(args.recipe, overrides))
 
 
 def launch(args, overrides: list[str]) -> int:

@@ -11,6 +11,7 @@ which call it before anything loads or any process starts.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from portaft.errors import RecipeError
@@ -18,17 +19,18 @@ from portaft.errors import RecipeError
 from . import deepspeed, fsdp
 
 
-def check(recipe: Any, device: Any, processes: int, source: str = "recipe") -> None:
+def check(recipe: Any, device: Any, processes: int, source: str = "recipe", launching: bool = False) -> None:
     """Raise RecipeError listing every engine problem of the (effective) recipe. `device`:
-    the run's Device, or None where it is not known (`validate` without the backend)."""
-    problems = _problems(recipe, device, processes)
+    the run's Device, or None where it is not known (`validate` without the backend);
+    `launching`: checked before torchrun starts the processes (else: in one of them)."""
+    problems = _problems(recipe, device, processes, launching)
     if problems:
         raise RecipeError(source, [f"{path}: {message}" for path, message in problems])
 
 
-def complete(recipe: Any, device: Any, processes: int, source: str = "recipe") -> list[str]:
+def complete(recipe: Any, device: Any, processes: int, source: str = "recipe", launching: bool = False) -> list[str]:
     """Check, then complete the engine settings in place; one note per setting made."""
-    check(recipe, device, processes, source)
+    check(recipe, device, processes, source, launching)
     notes = deepspeed.complete(recipe) + fsdp.complete(recipe, device)
     return notes + _quantized_storage(recipe)
 
@@ -38,7 +40,7 @@ def check_before_start(backend: Any, recipe: Any, processes: int, source: str) -
     recipe onto the device (QLoRA where bitsandbytes cannot run, ...), then the engines.
     Returns the effective recipe."""
     effective, _ = backend.resolve(recipe)
-    complete(effective, backend.device_for(effective), processes, source)
+    complete(effective, backend.device_for(effective), processes, source, launching=True)
     return effective
 
 
@@ -52,9 +54,14 @@ def check_in_validate(plugins: Any, recipe: Any, source: str) -> None:
     except BackendUnavailable:
         backend = None
     if backend is None:
-        check(recipe, None, 1, source)
+        check(recipe, None, 1, source, launching=True)
     else:
         check_before_start(backend, recipe, 1, source)
+
+
+def asked(recipe: Any) -> bool:
+    """Whether the recipe asks for FSDP or DeepSpeed (which `portaft run` starts through torchrun)."""
+    return fsdp.asked(recipe.train) or deepspeed.asked(recipe.train)
 
 
 def sharded_weights(recipe: Any) -> str | None:
@@ -66,13 +73,17 @@ def sharded_weights(recipe: Any) -> str | None:
     return None
 
 
-def _problems(recipe: Any, device: Any, processes: int) -> list[tuple[str, str]]:
+def _problems(recipe: Any, device: Any, processes: int, launching: bool) -> list[tuple[str, str]]:
     train = recipe.train
     asked = [key for key, on in (("train.fsdp", fsdp.asked(train)), ("train.deepspeed", deepspeed.asked(train))) if on]
     if len(asked) == 2:
         return [("train.fsdp", "set together with train.deepspeed: both would shard the same model. Keep one "
                                "(docs/scaling.md says which for which case).")]
     problems = deepspeed.problems(train, device) + fsdp.problems(train, device)
+    if asked and not problems and not launching and "LOCAL_RANK" not in os.environ:
+        problems.append((asked[0], "FSDP and DeepSpeed train in processes that torchrun starts, even one: run "
+                                   "`portaft run RECIPE` (it starts them), or your script with `torchrun "
+                                   "--nproc-per-node N script.py`."))
     if asked and not problems:
         problems += _combinations(recipe, processes)
     return problems

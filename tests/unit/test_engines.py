@@ -16,6 +16,12 @@ from portaft.recipe import read_recipe
 GPU = Device("cuda", bf16=True, fp16=True, fused_optimizer="adamw_torch_fused", collectives="nccl")
 
 
+@pytest.fixture(autouse=True)
+def under_torchrun(monkeypatch):
+    """Each process of an engine's run is one torchrun started (the checks ask)."""
+    monkeypatch.setenv("LOCAL_RANK", "0")
+
+
 @pytest.fixture
 def deepspeed_installed(monkeypatch):
     """DeepSpeed is not installed in the test environments: these tests check what portaft
@@ -35,7 +41,9 @@ def problems(recipe, device=GPU, processes=1):
     return caught.value.problems
 
 
-def test_deepspeed_that_is_not_installed_is_refused_with_the_command_that_installs_it(recipe_dict, write_recipe):
+def test_deepspeed_that_is_not_installed_is_refused_with_the_command_that_installs_it(
+        recipe_dict, write_recipe, monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK")
     if deepspeed.not_installed() is None:
         pytest.skip("deepspeed is installed here")
     done = cli("validate", write_recipe(recipe_dict), "train.deepspeed=zero3")
@@ -158,16 +166,27 @@ def test_eval_prompts_with_weights_split_over_processes_are_refused(recipe_dict,
     engines.complete(recipe_with(recipe_dict, deepspeed="zero2"), GPU, 2)  # ZeRO-2 keeps the weights whole
 
 
-def test_a_recipe_one_process_would_refuse_stops_the_launcher_before_any_process_starts(recipe_dict, write_recipe):
+def test_an_engine_outside_torchrun_is_refused_with_what_starts_it(recipe_dict, monkeypatch, deepspeed_installed):
+    monkeypatch.delenv("LOCAL_RANK")
+    for key, value in (("fsdp", "auto"), ("deepspeed", "zero2")):
+        assert problems(recipe_with(recipe_dict, **{key: value}))[0] == (
+            f"train.{key}: FSDP and DeepSpeed train in processes that torchrun starts, even one: run `portaft run "
+            "RECIPE` (it starts them), or your script with `torchrun --nproc-per-node N script.py`.")
+
+
+def test_a_recipe_one_process_would_refuse_stops_the_launcher_before_any_process_starts(
+        recipe_dict, write_recipe, monkeypatch):
     """`--nproc 2` with QLoRA on the CPU: one clean message and exit 2, not torchrun's
     ChildFailedError from each process."""
+    monkeypatch.delenv("LOCAL_RANK")
     done = cli("run", write_recipe(recipe_dict), "--nproc", "2", "--backend", "cpu", "quantization.bits=4")
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("portaft: error: quantization: 4-bit loading cannot run with the cpu backend") == 1
     assert "launching" not in done.stdout and "Traceback" not in done.stderr
-    done = cli("run", write_recipe(recipe_dict), "--nproc", "2", "--backend", "cpu", "train.fsdp=full_shard auto_wrap")
+    # with one process too: an engine is started through torchrun, so checked by the launcher
+    done = cli("run", write_recipe(recipe_dict), "--backend", "cpu", "train.fsdp=full_shard auto_wrap")
     assert done.returncode == 2 and "train.fsdp: FSDP does not run on the CPU here" in done.stderr
-    assert "launching" not in done.stdout
+    assert "launching" not in done.stdout and "Traceback" not in done.stderr
 
 
 def test_the_shipped_presets_are_package_data():
@@ -196,3 +215,10 @@ def test_node_arguments_that_cannot_make_one_run_are_refused_before_torchrun():
                         (args(nnodes=0), "--nnodes 0: give a number of machines")):
         with pytest.raises(UserError, match=said):
             nodes.torchrun_arguments(wrong)
+
+
+def test_validate_checks_the_engines_in_the_users_shell(recipe_dict, write_recipe, monkeypatch, deepspeed_installed):
+    """validate runs outside torchrun, as the launcher does: no 'start it through torchrun'."""
+    monkeypatch.delenv("LOCAL_RANK")
+    engines.check(recipe_with(recipe_dict, fsdp="auto"), None, 1, launching=True)
+    engines.check(recipe_with(recipe_dict, deepspeed="zero3"), None, 1, launching=True)
