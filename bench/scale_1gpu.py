@@ -10,7 +10,8 @@ max_length 1024, seed 0) once per engine, each in its own torchrun process (`--n
 1`: FSDP and DeepSpeed need torch.distributed even for one process; plain runs the same way
 for a like-for-like start). Each run's worker (`--worker`) is `portaft.run()` with a callback
 that times every optimizer step (the GPU synchronised) and counts its non-padding tokens
-(`include_num_input_tokens_seen: non_padding`). Writes OUT/scale-1gpu-DATE.json and .md
+(`include_num_input_tokens_seen: non_padding`; in flattened batches, which have no attention
+mask, that counts the ids other than pad, and pad is eos here: the same count for every engine). Writes OUT/scale-1gpu-DATE.json and .md
 after every engine (so a run cut short keeps what finished; a later call with other
 --engines adds to the same date's file): per-step losses, tokens/s after the warm-up, peak
 allocated memory, each run's notes (which speed-ups applied), and the largest loss
