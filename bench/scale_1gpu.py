@@ -56,9 +56,19 @@ def recipe(model: Path, data: Path, output: Path, steps: int, engine: str) -> di
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "train": {"output_dir": str(output), "max_steps": steps, "per_device_train_batch_size": 4,
                   "learning_rate": 2e-4, "logging_steps": 1, "save_strategy": "no", "report_to": "none", "seed": 0,
-                  "include_num_input_tokens_seen": "non_padding", **ENGINES[engine]},
+                  "include_num_input_tokens_seen": _non_padding(), **ENGINES[engine]},
         "resume": False, "overwrite": True,
     }
+
+
+def _non_padding() -> str | bool:
+    """Count non-padding tokens where transformers can (5.x); older ones count every token."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    kind = {f.name: f for f in dataclasses.fields(TrainingArguments)}["include_num_input_tokens_seen"].type
+    return "non_padding" if "str" in str(kind) else True
 
 
 def worker(recipe_path: str, times_path: str) -> None:
