@@ -11,9 +11,9 @@ max_length 1024, seed 0) once per engine, each in its own torchrun process (`--n
 for a like-for-like start). Each run's worker (`--worker`) is `portaft.run()` with a callback
 that times every optimizer step (the GPU synchronised) and counts its non-padding tokens
 (`include_num_input_tokens_seen: non_padding`; in flattened batches, which have no attention
-mask, that counts the ids other than pad, and pad is eos here: the same count for every engine). Writes OUT/scale-1gpu-DATE.json and .md
-after every engine (so a run cut short keeps what finished; a later call with other
---engines adds to the same date's file): per-step losses, tokens/s after the warm-up, peak
+mask, that counts the ids other than pad, and pad is eos here: the same count for every engine).
+Writes OUT/scale-1gpu-DATE.json and .md after every engine (so a run cut short keeps what
+finished; a later call with other --engines adds to the same date's file): per-step losses, tokens/s after the warm-up, peak
 allocated memory, each run's notes (which speed-ups applied), and the largest loss
 difference from the plain run.
 
@@ -191,7 +191,8 @@ def main() -> None:
     from preprocess import synthetic_conversations
 
     data = work / "chat.jsonl"
-    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in synthetic_conversations(args.samples)), encoding="utf-8")
+    rows = synthetic_conversations(args.samples)
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
     import torch
 
     date = datetime.date.today().isoformat()

@@ -39,7 +39,8 @@ def _user_config(train: dict) -> dict | str:
         try:
             value = json.loads(Path(value).read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            return f"{train['fsdp_config']}: cannot be read as JSON ({exc}). Give a JSON file or write the settings inline."
+            return (f"{train['fsdp_config']}: cannot be read as JSON ({exc}). Give a JSON file or write the settings "
+                    "inline.")
     if not isinstance(value, dict):
         return "not a mapping of FSDP settings. Write them as keys under fsdp_config."
     return {key[5:] if key.startswith("fsdp_") else key: item for key, item in value.items()}

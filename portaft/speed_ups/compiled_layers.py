@@ -23,7 +23,8 @@ def applies(training: Any) -> str | None:
     recipe = training.recipe
     if recipe.quantization is not None:
         return "not tried with bitsandbytes' 4-bit layers"
-    if recipe.train.get("gradient_checkpointing") or (recipe.train.get("fsdp_config") or {}).get("activation_checkpointing"):
+    fsdp_checkpointing = (recipe.train.get("fsdp_config") or {}).get("activation_checkpointing")
+    if recipe.train.get("gradient_checkpointing") or fsdp_checkpointing:
         return "not tried with gradient checkpointing, which recomputes each layer in the backward pass"
     if deepspeed.stage(recipe.train) == 3:
         return "not tried with DeepSpeed ZeRO-3, whose hooks gather each layer's weights around its forward"

@@ -11,7 +11,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_scale_benchmark_times_the_plain_run_and_records_an_engine_this_machine_refuses(tiny_model, tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "bench" / "scale_1gpu.py"), "--model", str(tiny_model),
-                           "--engines", "plain,fsdp", "--steps", "3", "--warmup", "1", "--samples", "64", "--work", str(tmp_path / "work"),
+                           "--engines", "plain,fsdp", "--steps", "3", "--warmup", "1", "--samples", "64",
+                           "--work", str(tmp_path / "work"),
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
