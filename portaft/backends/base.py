@@ -207,13 +207,18 @@ def quantization_kwargs(recipe: Recipe) -> dict[str, Any]:
     import torch
     from transformers import BitsAndBytesConfig
 
+    from portaft.engines import deepspeed
+
     q = recipe.quantization
-    compute = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[q.compute_dtype]
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
     if q.bits == 4:
+        storage = {"bnb_4bit_quant_storage": dtypes[q.storage]} if q.storage in dtypes else {}
         config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=q.type, bnb_4bit_use_double_quant=q.double_quant,
-                                    bnb_4bit_compute_dtype=compute)
+                                    bnb_4bit_compute_dtype=dtypes[q.compute_dtype], **storage)
     else:
         config = BitsAndBytesConfig(load_in_8bit=True)
+    if deepspeed.stage(recipe.train) == 3:  # ZeRO-3 places (and splits) the weights itself: no device_map
+        return {"quantization_config": config}
     # bitsandbytes quantizes while placing the weights: each DDP process loads onto its own GPU
     return {"quantization_config": config, "device_map": {"": int(os.environ.get("LOCAL_RANK", "0"))}}
 

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+from . import nodes
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("run", help="fine-tune as a recipe says")
@@ -16,6 +18,7 @@ def add_parser(sub) -> None:
                    help="cpu: run the backend's library code on the CPU (overrides the recipe's device)")
     p.add_argument("--nproc", type=int, default=1, metavar="N",
                    help="train in N processes on this machine through torchrun (DDP: gloo, nccl or hccl)")
+    nodes.add_arguments(p)
     p.add_argument("--skip-bad-samples", action="store_true", help="count and skip bad records instead of stopping")
     p.set_defaults(handler=handle)
 
@@ -27,7 +30,7 @@ def handle(args) -> int:
         from portaft.errors import UserError
 
         raise UserError(f"--nproc {args.nproc}: give a number of processes, 1 or more.")
-    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+    if "LOCAL_RANK" not in os.environ and (nodes.several(args) or _asks_for_an_engine(args, overrides)):
         return launch(args, overrides)
     from portaft.runner import run
 
@@ -35,17 +38,28 @@ def handle(args) -> int:
     return 0
 
 
+def _asks_for_an_engine(args, overrides: list[str]) -> bool:
+    """FSDP and DeepSpeed need torchrun's processes, even one."""
+    from portaft import engines
+    from portaft.plugins import get_plugins
+
+    return engines.asked(get_plugins().read_recipe(args.recipe, overrides))
+
+
 def launch(args, overrides: list[str]) -> int:
     """Check what can be checked here (recipe, backend), then start N copies of this
     command under torchrun; each one trains as one process of a DDP run."""
+    from portaft import engines
     from portaft.plugins import get_plugins
 
+    torchrun = nodes.torchrun_arguments(args)
     plugins = get_plugins()
     recipe = plugins.read_recipe(args.recipe, overrides)
     backend = plugins.choose_backend(recipe, args.backend)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "portaft", "run", args.recipe, "--backend", backend.name, *overrides]
+    engines.check_before_start(backend, recipe, args.nproc * args.nnodes, args.recipe)  # what one process would refuse
+    command = [sys.executable, "-m", "torch.distributed.run", *torchrun, "-m", "portaft", "run", args.recipe,
+               "--backend", backend.name, *overrides]
     collectives = backend.device_for(recipe).collectives
-    print(f"portaft: launching {args.nproc} processes on {backend.name} ({collectives}) with torchrun",
+    print(f"portaft: launching {nodes.describe(args)} on {backend.name} ({collectives}) with torchrun",
           flush=True)
     return subprocess.call(command)

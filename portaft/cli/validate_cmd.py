@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
 
 
 def handle(args) -> int:
-    from portaft import data
+    from portaft import data, engines
     from portaft.plugins import get_plugins
     from portaft.runner import tracking
 
@@ -20,6 +20,7 @@ def handle(args) -> int:
     plugins = get_plugins()
     recipe = plugins.read_recipe(args.recipe, overrides)
     tracking.prepare(recipe.model_copy(deep=True), plugins)  # a missing or unknown tracker, before the data
+    engines.check_in_validate(plugins, recipe, args.recipe)  # train.fsdp / train.deepspeed, before the data
     reports = data.check(recipe)
     print(f"{args.recipe}: valid. model {recipe.model.name_or_path}, template {recipe.template}, "
           f"backend {recipe.backend}, output {recipe.train['output_dir']}")

@@ -62,6 +62,9 @@ class QuantizationSection(_Section):
     type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type; NF4 is QLoRA's.")
     double_quant: bool = Field(True, description="Also quantize the quantization constants (saves ~0.4 bit/weight).")
     compute_dtype: Literal["bf16", "fp16", "fp32"] = Field("bf16", description="dtype the 4-bit matmuls compute in.")
+    storage: Literal["auto", "uint8", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="dtype the 4-bit weights are stored in (bnb_4bit_quant_storage); auto = uint8, or the "
+        "compute dtype under FSDP or ZeRO-3, which shard only float tensors.")
 
 
 class Recipe(_Section):
@@ -151,6 +154,8 @@ def training_arguments_schema() -> type[BaseModel]:
     for field in dataclasses.fields(TrainingArguments):
         if field.init:
             fields[field.name] = (hints[field.name] | None, None)
+    if "fsdp" in fields:  # `fsdp: true` (the effective recipe's), which transformers 5 types as a string
+        fields["fsdp"] = (fields["fsdp"][0] | bool, None)
     fields["output_dir"] = (str, ...)  # required: portaft never picks a folder silently
     from portaft.compat import RENAMED_TRAINING_ARGUMENTS
 

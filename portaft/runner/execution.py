@@ -77,6 +77,9 @@ def plan_execution(recipe: Any, args: Any, model: Any, lengths: list[int], proce
     if recipe.packing:
         keep.why = "packed batches: their token budget is the recipe's (packing_tokens)"
         return keep
+    if recipe.train.get("fsdp") or recipe.train.get("deepspeed"):
+        keep.why = "a sharding engine (train.fsdp / train.deepspeed): the memory model does not divide by it yet"
+        return keep
     budget = memory_budget(args.device, processes)
     if budget is None:
         keep.why = f"the {args.device.type} device does not say how much memory it has"

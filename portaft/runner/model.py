@@ -60,8 +60,12 @@ def apply_lora(model: Any, lora: LoraSection, gradient_checkpointing: bool = Fal
 
 
 def trainable_summary(model: Any) -> str:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    # ZeRO-3 loads each weight split (zero.Init): the tensor is empty, `ds_numel` is its size (as peft counts)
+    def size(p: Any) -> int:
+        return p.numel() or getattr(p, "ds_numel", 0)
+
+    trainable = sum(size(p) for p in model.parameters() if p.requires_grad)
+    total = sum(size(p) for p in model.parameters())
     return f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
 
 

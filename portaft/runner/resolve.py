@@ -2,7 +2,8 @@
 effective recipe that backend runs, with every change as a note.
 
 The backend maps the portable settings onto its device (precision, optimizer, what the
-device cannot do); its speed-ups of stage "settings" then change training settings the
+device cannot do); the engines of train.fsdp / train.deepspeed are checked and
+completed (portaft/engines/); its speed-ups of stage "settings" then change training settings the
 recipe leaves unset; several processes get the backend's collective library; the
 experiment trackers are made explicit and checked. All of it before anything loads.
 """
@@ -13,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from portaft import engines
 from portaft.data.packing import resolve_packing
 from portaft.errors import UserError
 from portaft.plugins import Plugins
@@ -44,6 +46,7 @@ def resolve(source: RecipeSource, backend_name: str | None, overrides: Sequence[
     notes.add(*changes)
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     device = backend.device_for(effective)
+    notes.add(*engines.complete(effective, device, processes, _name(source)))
     speed_ups, turned_off = _speed_ups(effective, [*backend.speed_ups(effective), *plugins.speed_ups(backend)],
                                        _every_speed_up_name(plugins))
     notes.add(*turned_off)
@@ -73,6 +76,10 @@ def _every_speed_up_name(plugins: Plugins) -> set[str]:
     offered = [speed_up for backend in plugins.backends.values()
                for speed_up in (*getattr(backend, "SPEED_UPS", ()), *plugins.speed_ups(backend))]
     return {speed_up.NAME for speed_up in offered}
+
+
+def _name(source: RecipeSource) -> str:
+    return str(source) if isinstance(source, (str, os.PathLike)) else "recipe"
 
 
 def _several_processes(recipe: Recipe, backend: str, device: Any, processes: int) -> list[str]:

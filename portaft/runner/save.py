@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from portaft import data
+from portaft.engines import fsdp
 
 from .notes import Notes
 from .outputs import RUN_FILE, library_versions, peak_device_memory_gib, write_recipe, write_run
@@ -30,6 +31,7 @@ class RunResult:
 
 def save(resolved: Any, world: Any, tokenizer: Any, built: Any, trained: Any, notes: Notes, started: float) -> RunResult:
     output_dir, trainer = world.output_dir, trained.trainer
+    fsdp.full_state_for_final_save(trainer)  # checkpoints stay sharded; the adapter or model is saved whole
     trainer.save_model(str(output_dir))  # the Trainer saves from the first process only
     result = RunResult(output_dir, resolved.backend.name, list(notes), trained.metrics, list(trainer.state.log_history),
                        trained.before, trained.after, trained.during)

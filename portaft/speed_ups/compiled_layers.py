@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from portaft.compat import checkpointing
+from portaft.engines import deepspeed
 
 NAME = "compiled_layers"
 STAGE = "model"
@@ -31,8 +32,11 @@ def applies(training: Any) -> str | None:
     recipe = training.recipe
     if recipe.quantization is not None:
         return "not tried with bitsandbytes' 4-bit layers"
-    if checkpointing(recipe.train):
+    fsdp_checkpointing = (recipe.train.get("fsdp_config") or {}).get("activation_checkpointing")
+    if checkpointing(recipe.train) or fsdp_checkpointing:
         return "not tried with gradient checkpointing, which recomputes each layer in the backward pass"
+    if deepspeed.stage(recipe.train) == 3:
+        return "not tried with DeepSpeed ZeRO-3, whose hooks gather each layer's weights around its forward"
     if recipe.plan == "auto" and training.tokens:
         tokens = tokens_to_train(training)
         if tokens < COMPILE_PAYS_AFTER_TOKENS:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
+from portaft.engines import deepspeed
+
 from . import NotApplied, _liger
 
 NAME = "fused_loss"
@@ -21,6 +23,8 @@ STAGE = "model"
 
 
 def applies(training: Any) -> str | None:
+    if deepspeed.stage(training.recipe.train) == 3:  # Liger reads lm_head.weight without calling lm_head
+        return "not with DeepSpeed ZeRO-3: the LM head's weight is gathered only when the head itself runs"
     return _liger.unusable_reason(training.base_model)
 
 
