@@ -164,7 +164,7 @@ def _adapter_training(config, batches, dropout=0.0, without=()) -> tuple[list[fl
     from portaft.speed_ups import MODEL, Training, apply_stage
 
     recipe = types.SimpleNamespace(model=types.SimpleNamespace(attn_implementation="auto"), quantization=None,
-                                   packing=False, train={"bf16": True})
+                                   packing=False, train={"bf16": True}, plan="as_written")
     torch.manual_seed(0)
     model = apply_lora(LlamaForCausalLM(config).to(torch.bfloat16).cuda(), LoraSection(r=16, alpha=32, dropout=dropout),
                        False)
