@@ -38,9 +38,10 @@ def finding(what: str, fix: str, fatal: bool = False) -> dict[str, Any]:
     return {"what": what, "fix": fix, "fatal": fatal}
 
 
-def set_env_not_sourced(environ: Mapping[str, str], toolkit: str = DEFAULT_TOOLKIT) -> list[dict]:
+def set_env_not_sourced(environ: Mapping[str, str], toolkit: str | None = None) -> list[dict]:
     """CANN is installed but its set_env.sh was not sourced: torch_npu then fails to load
     its libraries (or a launcher silently trains elsewhere)."""
+    toolkit = toolkit or DEFAULT_TOOLKIT
     home = environ.get("ASCEND_TOOLKIT_HOME")
     fix = f"source {SET_ENV} (or <your CANN>/set_env.sh) in this shell and in ~/.bashrc, then run again"
     if not home:
