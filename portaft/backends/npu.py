@@ -158,10 +158,11 @@ def foreign_tokenizer_class(folder: str) -> str | None:
     if not config.is_file() or not tokenizer_json.is_file():
         return None
     try:
-        name = json.loads(config.read_text(encoding="utf-8")).get("tokenizer_class")
+        settings = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    if not name:
+    name = settings.get("tokenizer_class")
+    if not name or settings.get("auto_map") or library_falls_back_itself():  # remote code brings its own class
         return None
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
@@ -169,6 +170,13 @@ def foreign_tokenizer_class(folder: str) -> str | None:
         return None if tokenizer_class_from_name(name) is not None else name
     except Exception:  # noqa: BLE001 (a lookup that fails is a class this transformers cannot give)
         return name
+
+
+def library_falls_back_itself() -> bool:
+    """transformers 5 loads tokenizer.json itself for a class it lacks; 4.x (openMind's) raises."""
+    import transformers
+
+    return hasattr(transformers, "TokenizersBackend")
 
 
 def tokenizer_from_json(folder: str) -> Any:
@@ -180,6 +188,9 @@ def tokenizer_from_json(folder: str) -> Any:
     kept = {key: config[key] for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token",
                                          "cls_token", "mask_token", "model_max_length", "padding_side",
                                          "clean_up_tokenization_spaces", "chat_template") if config.get(key) is not None}
+    for key, value in kept.items():  # a token saved as an AddedToken dict: its text (tokenizer.json has its flags)
+        if isinstance(value, dict) and "content" in value:
+            kept[key] = value["content"]
     template = Path(folder) / "chat_template.jinja"
     if "chat_template" not in kept and template.is_file():
         kept["chat_template"] = template.read_text(encoding="utf-8")
