@@ -17,8 +17,23 @@ from portaft.backends.npu import NpuBackend
 from portaft.speed_ups import npu_fusion_attention, npu_rotary_mul, npu_swiglu
 
 TOLERANCE = 1e-5
-NPU_SPEED_UPS = ["npu_fused_adamw", "padding_free", "npu_fusion_attention", "npu_rms_norm", "npu_rotary_mul",
-                 "npu_swiglu"]
+
+
+def _flattened_attention_problem():
+    """Why this transformers cannot flatten batches or take a registered attention (4.45: both)."""
+    from transformers import PreTrainedModel
+
+    from portaft.data.packing import packing_supported
+
+    if not hasattr(PreTrainedModel, "set_attn_implementation"):
+        return "this transformers cannot change a loaded model's attention"
+    return packing_supported()
+
+
+NO_FLAT_ATTENTION = _flattened_attention_problem()
+needs_flat_attention = pytest.mark.skipif(NO_FLAT_ATTENTION is not None, reason=str(NO_FLAT_ATTENTION))
+NPU_SPEED_UPS = ["npu_fused_adamw", *(["padding_free", "npu_fusion_attention"] if NO_FLAT_ATTENTION is None else []),
+                 "npu_rms_norm", "npu_rotary_mul", "npu_swiglu"]
 
 
 class SimulatedNpu(NpuBackend):
@@ -81,10 +96,14 @@ def test_every_fused_operator_gives_the_unfused_losses(simulated, recipe, tmp_pa
     applied = [n.split(":")[0].removeprefix("speed-up ") for n in result.notes
                if n.startswith("speed-up ") and ": not used" not in n]
     assert [n for n in applied if n in NPU_SPEED_UPS] == NPU_SPEED_UPS
-    assert any("portaft's own call" in n for n in result.notes)
+    if NO_FLAT_ATTENTION is None:
+        assert any("portaft's own call" in n for n in result.notes)
+    else:  # the openMind environment (transformers 4.45): padded batches, said in a note
+        assert any(n.startswith("speed-up npu_fusion_attention: not used (") for n in result.notes)
     assert len(unfused) == 3 and _same(_losses(result), unfused), (_losses(result), unfused)
 
 
+@needs_flat_attention
 def test_through_transformers_npu_integration_too(simulated, recipe, tmp_path, unfused, monkeypatch):
     integration = pytest.importorskip("transformers.integrations.npu_flash_attention")
     monkeypatch.setattr(integration, "npu_fusion_attention", npu_doubles.npu_fusion_attention, raising=False)
@@ -133,7 +152,8 @@ BREAKS = {
 }
 
 
-@pytest.mark.parametrize("broken", list(BREAKS))
+@pytest.mark.parametrize("broken", [pytest.param(name, marks=[needs_flat_attention] if module is npu_fusion_attention
+                                                  else []) for name, (module, _, _) in BREAKS.items()])
 def test_each_wrong_call_fails_the_comparison(simulated, recipe, tmp_path, unfused, monkeypatch, broken):
     module, attribute, replacement = BREAKS[broken]
     monkeypatch.setattr(module, attribute, replacement)
