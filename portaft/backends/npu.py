@@ -185,9 +185,9 @@ def tokenizer_from_json(folder: str) -> Any:
     from transformers import PreTrainedTokenizerFast
 
     config = json.loads((Path(folder) / "tokenizer_config.json").read_text(encoding="utf-8"))
-    kept = {key: config[key] for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token",
-                                         "cls_token", "mask_token", "model_max_length", "padding_side",
-                                         "clean_up_tokenization_spaces", "chat_template") if config.get(key) is not None}
+    keys = ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token",
+            "model_max_length", "padding_side", "clean_up_tokenization_spaces", "chat_template")
+    kept = {key: config[key] for key in keys if config.get(key) is not None}
     for key, value in kept.items():  # a token saved as an AddedToken dict: its text (tokenizer.json has its flags)
         if isinstance(value, dict) and "content" in value:
             kept[key] = value["content"]

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .npu_ops import missing, op
+from .npu_ops import atlas_a2_problem, missing, op
 from .varlen_attention import _mask, _rows, sequence_bounds
 
 NAME = "npu_fusion_attention"
@@ -45,7 +45,7 @@ def applies(training: Any) -> str | None:
     if set(getattr(config, "layer_types", None) or ["full_attention"]) != {"full_attention"} or (
             getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True)):
         return "the model uses sliding-window attention"
-    return missing("npu_fusion_attention")
+    return missing("npu_fusion_attention") or atlas_a2_problem(training, "npu_fusion_attention")
 
 
 def apply(training: Any) -> str:

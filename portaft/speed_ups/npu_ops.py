@@ -59,3 +59,16 @@ def family_problem(model: Any) -> str | None:
     if model_type not in FAMILIES:
         return f"model type {model_type} is not one of {', '.join(FAMILIES)}"
     return None
+
+
+def atlas_a2_problem(training: Any, what: str) -> str | None:
+    """None on an Atlas A2/A3 NPU (910B, 910_93), or when not training on an NPU (the CPU
+    simulation); else why `what` is not used: its documentation lists A2 only."""
+    if training.device.type != "npu":
+        return None
+    import torch
+
+    name = str(torch.npu.get_device_name(0))
+    if "910B" in name or "910_93" in name:
+        return None
+    return f"{what} runs on Atlas A2/A3 (910B) NPUs only, per its documentation; this is {name}"

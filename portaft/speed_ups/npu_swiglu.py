@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from .npu_ops import family_problem, missing, op
+from .npu_ops import atlas_a2_problem, family_problem, missing, op
 
 NAME = "npu_swiglu"
 STAGE = "model"
@@ -24,7 +24,7 @@ PROJECTIONS = (("gate_proj", "up_proj", "down_proj"), ("w1", "w3", "w2"))  # (ga
 def applies(training: Any) -> str | None:
     model = training.base_model
     act = getattr(model.config, "hidden_act", None)
-    return (missing("npu_swiglu") or family_problem(model)
+    return (missing("npu_swiglu") or atlas_a2_problem(training, "npu_swiglu") or family_problem(model)
             or (None if act in ("silu", "swish") else f"the MLP's activation is {act}, not SiLU")
             or (None if mlps(model) else "the model has no gate/up/down MLP modules portaft knows"))
 

@@ -179,3 +179,46 @@ def test_several_npu_processes_train_over_hccl_without_the_unused_parameter_sear
     notes = _several_processes(effective, "npu", npu.device(), 2)
     assert notes[0] == "train.ddp_backend: unset -> hccl (2 processes on npu)"
     assert notes[1].startswith("train.ddp_find_unused_parameters: unset -> false")
+
+
+# --- where each speed-up applies ----------------------------------------------------------------
+
+@pytest.mark.parametrize("chip, used", [("Ascend910B3", True), ("Ascend910A", False)])
+def test_the_a2_only_operators_are_not_used_on_a_910a(clean, monkeypatch, recipe_dict, tiny_model, chip, used):
+    from transformers import AutoModelForCausalLM
+
+    from portaft.backends.device import Device
+    from portaft.speed_ups import MODEL, Training, apply_stage, npu_fusion_attention, npu_rms_norm, npu_swiglu
+
+    npu_doubles.install(monkeypatch, available=True, device_name=chip)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    training = Training(load_recipe(recipe_dict), Device("npu", bf16=used, fp16=True, fused_optimizer=None,
+                                                         collectives="hccl"), 1, model=model, flattened=True)
+    assert npu_rms_norm.applies(training) is None  # Atlas training series too
+    reasons = [npu_fusion_attention.applies(training), npu_swiglu.applies(training)]
+    if used:
+        assert reasons == [None, None]
+    else:
+        assert reasons == [f"{op} runs on Atlas A2/A3 (910B) NPUs only, per its documentation; this is Ascend910A"
+                           for op in ("npu_fusion_attention", "npu_swiglu")]
+    assert apply_stage([npu_swiglu], MODEL, training)[0].startswith(
+        "speed-up npu_swiglu: 2 MLPs'" if used else "speed-up npu_swiglu: not used (npu_swiglu runs on Atlas A2")
+
+
+def test_each_speed_up_says_which_operator_this_torch_npu_lacks(clean, monkeypatch, recipe_dict, tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from portaft.backends.device import CPU
+    from portaft.speed_ups import MODEL, SETTINGS, Training, apply_stage, npu_fused_adamw, npu_rms_norm, npu_swiglu
+
+    npu_doubles.install(monkeypatch, ops=("npu_fusion_attention",))  # an old torch_npu: no fused norm or SwiGLU
+    training = Training(load_recipe(recipe_dict), CPU, 1, model=AutoModelForCausalLM.from_pretrained(tiny_model))
+    assert apply_stage([npu_rms_norm, npu_swiglu], MODEL, training) == [
+        "speed-up npu_rms_norm: not used (this torch_npu has no torch_npu.npu_rms_norm)",
+        "speed-up npu_swiglu: not used (this torch_npu has no torch_npu.npu_swiglu)"]
+    assert apply_stage([npu_fused_adamw], SETTINGS, training) == [
+        "speed-up npu_fused_adamw: train.optim: unset -> adamw_torch_npu_fused (torch_npu.optim.NpuFusedAdamW: one "
+        "fused update for all parameters)"]
+    assert training.recipe.train["optim"] == "adamw_torch_npu_fused"
+    named = Training(load_recipe({**recipe_dict, "train": {**recipe_dict["train"], "optim": "sgd"}}), CPU, 1)
+    assert npu_fused_adamw.applies(named) == "the recipe sets train.optim: sgd"
