@@ -4,6 +4,7 @@
     python bench/throughput.py --summarise bench/results          # throughput.md from every throughput-*.json
     python bench/throughput.py --shape tiny --lengths sft --rounds 1 --steps 2 --warmup 1 --seed-steps 2 \\
         --samples 16 --out /tmp/smoke                              # CPU smoke run (CI): its timings mean nothing
+    python bench/throughput.py --device npu --shape qwen2.5-0.5b --paths tuned,portaft   # the same tables on Ascend
 
 A model of a real shape with random weights (bench/models.py; `tiny` is portaft's
 2-layer test model) trains with LoRA r=64 on all linear layers on one fixed synthetic
@@ -15,6 +16,11 @@ The `tiny` shape trains the same mixes with texts and max_length 8x shorter. Pat
   (padded), batch 2 x gradient accumulation 8, gradient checkpointing, adamw_torch.
 - tuned: plain transformers at its best: DataCollatorWithFlattening (padding-free),
   Liger kernels (CUDA only), no checkpointing, batch 32 (16 for the 7B shape; at 4k: 4, 1).
+
+--device (auto: cuda where a GPU is visible, else cpu) picks cuda, npu or cpu; on npu
+(never run on Ascend hardware so far) torch_npu is imported through portaft with the
+platform's settings, steps are timed with torch.npu events, and portaft's path runs the
+npu backend with its Ascend speed-ups (--portaft-without takes their names).
 - portaft: `portaft.run` of the recipe a user writes (the YAML is in the JSON), nothing
   benchmark-specific in it; the batch of tuned unless --portaft-batch says otherwise.
 
@@ -53,9 +59,10 @@ import tempfile
 from pathlib import Path
 
 # bench/throughput_*.py: sibling modules (`python bench/throughput.py` puts bench/ first on sys.path)
-from throughput_paths import portaft_recipe, prepare, recipe_path, run_path
+from throughput_paths import choose_device, portaft_recipe, prepare, recipe_path, run_path
 from throughput_results import merge, result_name, summarise_runs, write_record, write_summary
-from throughput_settings import (BATCH, DEFAULT_SPEED_UPS, FIRST_LOSSES, LORA, MAX_LENGTH, OPT_IN_SPEED_UPS, PATHS,
+from throughput_settings import (BATCH, DEFAULT_SPEED_UPS, FIRST_LOSSES, LORA, MAX_LENGTH, NPU_SPEED_UPS,
+                                 OPT_IN_SPEED_UPS, PATHS,
                                  SCALE, SEED_BATCH, SEED_ACCUMULATION, SHAPES, long_conversations,
                                  sft_conversations)
 
@@ -77,7 +84,7 @@ def drive(args: argparse.Namespace) -> Path:
     config = {"shape": args.shape, "lengths": args.lengths, "max_length": MAX_LENGTH[args.lengths] // scale,
               "steps": args.steps, "seed_steps": args.seed_steps or args.steps, "warmup": args.warmup,
               "logging_steps": args.logging_steps, "work": str(work), "portaft_without": args.portaft_without,
-              "portaft_with": args.portaft_with, "nproc": args.nproc,
+              "portaft_with": args.portaft_with, "nproc": args.nproc, "device_asked": args.device,
               "profile": str(out / f"profile-{name}") if args.profile else None,
               "lora": LORA if args.lora_dropout is None else LORA | {"dropout": args.lora_dropout}}
     if min(config["steps"], config["seed_steps"]) <= args.warmup:
@@ -202,6 +209,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5, help="first optimizer steps left out of the measurement")
     parser.add_argument("--batch", type=int, help="tuned and portaft per-device batch (default per shape)")
     parser.add_argument("--portaft-batch", type=int, help="portaft's recipe batch, when it must differ (memory)")
+    parser.add_argument("--device", choices=("auto", "cuda", "npu", "cpu"), default="auto",
+                        help="where every path trains (auto: cuda where a GPU is visible, else cpu)")
     parser.add_argument("--portaft-without", type=lambda text: [t.strip() for t in text.split(",") if t.strip()],
                         default=[], metavar="SPEEDUPS",
                         help=f"ablation: the cuda backend without these ({','.join(DEFAULT_SPEED_UPS)})")
@@ -241,7 +250,7 @@ def main() -> None:
             Path(args.result).write_text(json.dumps(result))
     else:
         args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-        speed_ups = set(DEFAULT_SPEED_UPS + OPT_IN_SPEED_UPS)
+        speed_ups = set(DEFAULT_SPEED_UPS + OPT_IN_SPEED_UPS + (NPU_SPEED_UPS if args.device == "npu" else ()))
         if set(args.portaft_without + args.portaft_with) - speed_ups:
             parser.error(f"--portaft-without/--portaft-with: choose from {', '.join(sorted(speed_ups))}")
         if args.nproc > 1 and args.paths != ["portaft"]:
@@ -249,6 +258,11 @@ def main() -> None:
         unknown = sorted(set(args.paths) - set(PATHS))
         if unknown:
             parser.error(f"--paths: unknown {', '.join(unknown)}; choose from {', '.join(PATHS)}")
+        if args.device != "auto":
+            try:
+                choose_device(args.device)
+            except SystemExit as exc:
+                parser.error(str(exc))
         drive(args)
 
 

@@ -1,7 +1,7 @@
 """The throughput benchmark's step meter and its profiler report.
 
 `make_meter`: the TrainerCallback that times optimizer steps after the warm-up (CUDA
-events), counts every micro-batch's tokens, records full garbage collections and the
+or NPU events), counts every micro-batch's tokens, records full garbage collections and the
 steps in which torch.compile compiled a graph (`compiled_graphs`), and with a profile
 file runs two steps under torch.profiler. `measured_indices`: which steps of a run are
 measured. The profile's text: `profile_report` (GPU busy, host waits, launches, then the
@@ -20,7 +20,7 @@ from pathlib import Path
 from throughput_settings import FIRST_LOSSES  # bench/throughput_settings.py
 
 
-def make_meter(warmup: int, cuda: bool, profile: str | None = None):
+def make_meter(warmup: int, device: str = "cpu", profile: str | None = None):
     """A TrainerCallback that times optimizer steps after `warmup` and counts the tokens of
     every micro-batch the model ran (a forward pre-hook), on the device: no extra syncs.
     A step in which torch.compile compiled a graph (the compiled layers meet a new kind of
@@ -33,6 +33,11 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
     to say where the host waited (those steps' timings suffer)."""
     import torch
     from transformers import TrainerCallback
+
+    # device: "cuda", "npu" (torch_npu gives torch.npu the same Event, synchronize and memory
+    # calls) or "cpu" (host clock, no memory figure); the profile's device kernels: CUDA only
+    cuda, timed = device == "cuda", device != "cpu"
+    accelerator = getattr(torch, device) if timed else None
 
     class Meter(TrainerCallback):
         def __init__(self):
@@ -62,9 +67,9 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                     (len(self.begins), round((time.perf_counter() - self.collection_started) * 1e3, 1)))
 
         def mark(self):
-            if not cuda:
+            if not timed:
                 return time.perf_counter()
-            event = torch.cuda.Event(enable_timing=True)
+            event = accelerator.Event(enable_timing=True)
             event.record()
             return event
 
@@ -72,9 +77,9 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             model.register_forward_pre_hook(self.count, with_kwargs=True)
             self.parameters = matmul_parameters(model)
             self.attention = getattr(model.config, "_attn_implementation", None)
-            if cuda:
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()  # the loaded model counts, loading's temporaries do not
+            if timed:
+                accelerator.synchronize()
+                accelerator.reset_peak_memory_stats()  # the loaded model counts, loading's temporaries do not
 
         def count(self, module, args, kwargs):
             if self.current is None:
@@ -112,8 +117,8 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             if self.profiling and len(self.ends) - 2 in self.profile_after:
                 self.profiler.stop()
                 self.profiling = False
-                if cuda:
-                    torch.cuda.synchronize()
+                if timed:
+                    accelerator.synchronize()
                 rank = int(os.environ.get("RANK", "0"))  # under torchrun: a file per process
                 out = Path(profile if not rank else f"{profile[:-4]}-rank{rank}.txt")
                 if len(self.ends) == warmup + 2:
@@ -126,21 +131,21 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             gc.callbacks.remove(self.on_collection)
             if self.profiling:  # the run ended inside a profiled pair: nothing to say
                 self.profiler.stop()
-            if cuda:
-                torch.cuda.synchronize()
-                self.peak = torch.cuda.max_memory_allocated() / 2**30
+            if timed:
+                accelerator.synchronize()
+                self.peak = accelerator.max_memory_allocated() / 2**30
             self.losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
 
         def step_ms(self) -> list[float]:
             """Each step's time, from the previous step's end (the first: from its own begin), so
             the batch fetch between steps counts; a slow step (a recompile, a host stall) shows."""
             marks = [self.begins[0]] + self.ends
-            return [round(a.elapsed_time(b) if cuda else (b - a) * 1e3, 1) for a, b in zip(marks, marks[1:])]
+            return [round(a.elapsed_time(b) if timed else (b - a) * 1e3, 1) for a, b in zip(marks, marks[1:])]
 
         def measured_ms(self) -> float:
             """From the end of the warm-up to the latest step's end (CUDA events: call after a sync)."""
             start = self.ends[warmup - 1] if warmup else self.begins[0]
-            return start.elapsed_time(self.ends[-1]) if cuda else (self.ends[-1] - start) * 1e3
+            return start.elapsed_time(self.ends[-1]) if timed else (self.ends[-1] - start) * 1e3
 
         def results(self) -> dict:
             if len(self.ends) <= warmup:
@@ -149,7 +154,7 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
             compiled = [number in self.compiled_steps for number in range(1, len(self.ends) + 1)]
             by_rank = {}
             if torch.distributed.is_available() and torch.distributed.is_initialized():  # every process's tokens
-                counts = torch.tensor(per_step, device="cuda" if cuda else "cpu")
+                counts = torch.tensor(per_step, device=device)
                 gathered = [torch.zeros_like(counts) for _ in range(torch.distributed.get_world_size())]
                 torch.distributed.all_gather(gathered, counts)
                 per_step = torch.stack(gathered).sum(0).tolist()
@@ -172,7 +177,7 @@ def make_meter(warmup: int, cuda: bool, profile: str | None = None):
                     "tokens": useful, "trained_tokens": trained, "tokens_per_second": round(useful / seconds, 1),
                     "trained_tokens_per_second": round(trained / seconds, 1),
                     "step_seconds": round(seconds / len(measured), 4),
-                    "peak_memory_gib": round(self.peak, 2) if cuda else None,
+                    "peak_memory_gib": round(self.peak, 2) if timed else None,
                     "step_tokens": [s[0] for s in per_step], "step_trained_tokens": [s[1] for s in per_step],
                     "step_samples": [s[2] for s in per_step], "micro_batches": [len(s) for s in self.steps],
                     "step_ms": step_ms, **by_rank,

@@ -18,6 +18,9 @@ PATHS = ("seed", "tuned", "portaft")
 # added it applies with one process too, so it is in both
 DEFAULT_SPEED_UPS = ("queue_ahead", "padding_free", "varlen_attention", "cudnn_attention", "attention_without_masks",
                      "compiled_layers", "fused_loss", "fused_norms")
+# the npu backend's (--device npu): --portaft-without takes these there
+NPU_SPEED_UPS = ("npu_fused_adamw", "padding_free", "npu_fusion_attention", "npu_rms_norm", "npu_rotary_mul",
+                 "npu_swiglu")
 OPT_IN_SPEED_UPS = ("attention_without_masks", "lora_fusion", "balanced_shares")
 SHAPES = ("qwen2.5-0.5b", "llama-3.2-1b", "deepseek-llm-7b", "tiny")
 MAX_LENGTH = {"sft": 1024, "4k": 4096}

@@ -12,6 +12,8 @@ from packaging.version import Version
 
 from portaft.runner.outputs import library_versions
 
+from . import ascend
+
 # Ranges the test suites run on (main CI environment and the openMind one).
 TESTED = {"transformers": ("4.45.2", "6"), "peft": ("0.13.2", "0.22")}  # [low, high)
 OPENMIND_TRANSFORMERS_MAX = "4.45.2"  # openmind 1.0.0 pins it; its import fails from 4.48 on
@@ -23,6 +25,7 @@ OPENMIND_FIX = ("give openMind its own environment: pip install -c requirements/
 class Problem:
     what: str
     fix: str
+    fatal: bool = False  # a run on the backend concerned cannot work until it is fixed
 
 
 @dataclass
@@ -42,6 +45,7 @@ class Report:
     cann: str | None
     backends: list[BackendCheck] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    ascend: dict[str, Any] | None = None  # what checks/ascend.py found (driver, chips), where Ascend is installed
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,10 +55,7 @@ def pairing_problems(versions: dict[str, str]) -> list[Problem]:
     """Version combinations known not to work, each with its fix."""
     problems = []
     torch, npu = versions.get("torch"), versions.get("torch_npu")
-    if torch and npu and Version(npu).release[:3] != Version(torch).release[:3]:
-        base = Version(torch).base_version
-        problems.append(Problem(f"torch_npu {npu} does not match torch {torch}",
-                                f"pip install torch_npu=={base} (a torch_npu release is built for one torch release)"))
+    problems += [Problem(**f) for f in ascend.torch_pairing(torch, npu)]  # major.minor, then patch
     transformers, openmind = versions.get("transformers"), versions.get("openmind")
     if openmind and transformers and Version(transformers) > Version(OPENMIND_TRANSFORMERS_MAX):
         problems.append(Problem(f"openmind {openmind} cannot import with transformers {transformers} "
@@ -108,7 +109,8 @@ def check_backend(backend: Any, unavailable_reason: str | None) -> BackendCheck:
     return check
 
 
-def diagnose() -> Report:
+def diagnose(nproc: int | None = None) -> Report:
+    """`nproc`: the processes a run is meant to start (`portaft doctor --nproc N`)."""
     from portaft.plugins import get_plugins
 
     versions = library_versions()
@@ -122,5 +124,11 @@ def diagnose() -> Report:
                                            f"check the {check.name} driver/runtime install (`portaft backends`)"))
     if "torch_npu" in versions and report.cann is None:
         report.problems.append(Problem("torch_npu is installed but no CANN toolkit was found",
-                                       "install CANN and `source <CANN>/set_env.sh` (sets ASCEND_TOOLKIT_HOME)"))
+                                       "install CANN and `source <CANN>/set_env.sh` (sets ASCEND_TOOLKIT_HOME)", True))
+    if "torch_npu" in versions or report.cann is not None or Path(ascend.DEFAULT_TOOLKIT).is_dir():
+        npu = next((c for c in report.backends if c.name == "npu"), None)
+        found = ascend.diagnose(os.environ, versions, report.cann, nproc, npu and npu.device_count, npu and npu.bf16)
+        report.ascend = found["facts"]
+        torch_findings = {p.what for p in report.problems}
+        report.problems += [Problem(**f) for f in found["findings"] if f["what"] not in torch_findings]
     return report

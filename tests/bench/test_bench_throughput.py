@@ -284,7 +284,7 @@ def test_a_step_that_compiles_is_left_out_of_the_measurement_and_listed():
     from types import SimpleNamespace
 
     bench = load_benchmark("throughput_results")  # measured_indices: throughput_meter's, imported there
-    meter = load_benchmark("throughput_meter").make_meter(warmup=1, cuda=False)
+    meter = load_benchmark("throughput_meter").make_meter(warmup=1, device="cpu")
     meter.parameters, meter.attention = 1000, "sdpa"
     state = SimpleNamespace(global_step=0, log_history=[{"loss": 2.0}])
     compiled = torch.compile(lambda x: x * 2 + 1, backend="eager")
@@ -358,7 +358,7 @@ def test_the_meter_records_full_collections_with_their_step():
     import gc
     import types
 
-    meter = load_benchmark("throughput_meter").make_meter(warmup=0, cuda=False)
+    meter = load_benchmark("throughput_meter").make_meter(warmup=0, device="cpu")
     gc.collect()  # before training: not the run's
     state = types.SimpleNamespace(global_step=1)
     meter.on_step_begin(None, state, None)
@@ -369,3 +369,20 @@ def test_the_meter_records_full_collections_with_their_step():
     gc.collect()  # after training: not the run's
     assert [step for step, _ in meter.full_collections] == [1]
     assert meter.full_collections[0][1] >= 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch_npu") is not None, reason="needs torch_npu absent")
+def test_device_npu_without_torch_npu_says_why_before_anything_runs(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "throughput.py"), "--device", "npu", "--shape", "tiny",
+                           "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "--device npu: torch_npu is not installed" in done.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_npu_speed_ups_the_benchmark_names_are_the_npu_backends():
+    from portaft.backends.npu import NpuBackend
+
+    settings = load_benchmark("throughput_settings")
+    offered = [s.NAME for s in NpuBackend.SPEED_UPS if s.NAME not in ("frozen_objects", "adapter_inputs")]
+    assert list(settings.NPU_SPEED_UPS) == offered

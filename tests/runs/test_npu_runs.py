@@ -51,3 +51,27 @@ def test_the_openmind_path_refuses_a_hub_id(recipe_dict):
     recipe = {**recipe_dict, "device": "cpu", "model": {"name_or_path": "deepseek-ai/deepseek-llm-7b-chat"}}
     with pytest.raises(UserError, match="is not a local folder. openMind .* would look a hub id up on its own hub"):
         portaft.run(recipe, backend="npu", echo=lambda _: None)
+
+
+def test_a_folder_saved_by_transformers_5_trains_on_the_npu_backend(recipe_dict, tiny_model, tmp_path, monkeypatch):
+    """Merged on a CUDA box by transformers 5, trained again through the npu backend's library
+    (openMind's transformers 4.45 in its CI environment): its tokenizer.json is loaded."""
+    import shutil
+
+    import transformers
+
+    folder = tmp_path / "merged-on-cuda"
+    shutil.copytree(tiny_model, folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "TokenizersBackend"  # what transformers 5 writes
+    if hasattr(transformers, "TokenizersBackend"):  # this transformers has it: name one it lacks, act as 4.45
+        config["tokenizer_class"] = "TokenizersBackendOfTheFuture"
+        monkeypatch.setattr("portaft.backends.npu.library_falls_back_itself", lambda: False)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    recipe = {**recipe_dict, "device": "cpu", "model": {"name_or_path": str(folder)},
+              "train": {**recipe_dict["train"], "max_steps": 2}}
+    result = portaft.run(recipe, backend="npu", echo=lambda _: None)
+    assert any(n.startswith(f"tokenizer: {config['tokenizer_class']} (tokenizer_config.json) is not in this "
+                            "transformers") for n in result.notes)
+    assert len([e for e in result.log_history if "loss" in e]) == 2
+    assert (result.output_dir / "tokenizer.json").is_file()

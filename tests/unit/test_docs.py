@@ -35,3 +35,19 @@ def test_readme_commands_match_ci():
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     test_command = "pip install torch==2.13.0 -e '.[dev]' && python -m pytest tests"
     assert test_command in readme and test_command in ci
+
+
+def test_the_ascend_page_names_every_npu_speed_up_setting_and_simulated_operator():
+    import npu_doubles
+    from portaft.backends import npu_platform
+    from portaft.backends.npu import NpuBackend
+
+    page = (REPO / "docs" / "ascend.md").read_text(encoding="utf-8")
+    assert "Nothing on this page has run on Ascend hardware" in page
+    for speed_up in NpuBackend.SPEED_UPS[2:]:
+        assert f"| `{speed_up.NAME}`" in page, speed_up.NAME
+    for name, value, _ in npu_platform.ENVIRONMENT + npu_platform.SEVERAL_PROCESSES:
+        assert f"`{name}`" in page and value in page, name
+    for operator in (*npu_doubles.OPS, "NpuFusedAdamW"):
+        assert f"| `{operator}` |" in page, operator
+        assert "hiascend.com" in (npu_doubles.OPS.get(operator) or npu_doubles.NpuFusedAdamW).__doc__, operator
