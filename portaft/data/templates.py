@@ -8,6 +8,7 @@ exact template it was trained with. The named templates are in `chat_templates.p
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from portaft.errors import UserError
@@ -63,7 +64,7 @@ class TemplateError(ValueError):
 
 
 def trained_spans(render: Callable[..., str], messages: list[dict], train_on: str,
-                  shape: tuple[str, str] | None = None) -> tuple[str, list[tuple[int, int]]]:
+                  shape: tuple[str, str] | None = None, tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans the loss trains.
 
     A reply's span runs from the end of the generation prompt before it to the end of
@@ -76,12 +77,17 @@ def trained_spans(render: Callable[..., str], messages: list[dict], train_on: st
     conversation up to the reply gives; otherwise (a template that trims or rewrites
     replies) it renders.
     """
+    if tools:
+        render = functools.partial(render, tools=tools)
     text = render(messages)
     if train_on == "all":
         return text, [(0, len(text))]
     replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if train_on == "last_assistant":
         replies = replies[-1:]
+    untrained = getattr(messages, "untrained", ())  # replies a per-message flag leaves untrained
+    if untrained:
+        replies = [i for i in replies if i not in untrained]
     spans = []
     for index in replies:
         before = render(messages[:index], add_generation_prompt=True)
@@ -93,11 +99,25 @@ def trained_spans(render: Callable[..., str], messages: list[dict], train_on: st
             end = len(before) + len(shape[0]) + len(messages[index]["content"]) + len(shape[1])
         else:
             through = render(messages[: index + 1])
-            if not (through.startswith(before) and text.startswith(through)):
+            if through.startswith(before) and text.startswith(through):
+                end = len(through)
+            elif shape is not None:  # e.g. Qwen3 drops an earlier turn's <think> block
+                end = _reply_as_shown(text, len(before), messages[index]["content"], shape[1])
+            else:
                 raise TemplateError(RERENDERS)
-            end = len(through)
         spans.append((len(before), end))
     return text, spans
+
+
+def _reply_as_shown(text: str, start: int, content: str, ending: str) -> int:
+    """Where a reply ends that the template shows differently once a later user turn
+    follows (Qwen3's official template drops its <think> block and reasoning: the model
+    sees earlier turns that way at inference): its content and ending, the first time
+    after the generation prompt before it."""
+    position = text.find(content + ending, start)
+    if position < 0 or not ending:
+        raise TemplateError(RERENDERS)
+    return position + len(content) + len(ending)
 
 
 RERENDERS = ("the chat template renders earlier turns differently once later turns follow, so the "
@@ -160,3 +180,34 @@ def stop_token_ids(tokenizer: Any, template: str) -> list[int]:
     if len(encoded) == 1 and encoded[0] not in ids:
         ids.append(encoded[0])
     return ids
+
+
+PROBE_TOOLS = [{"type": "function", "function": {
+    "name": "portaft_probe_tool", "description": "a probe",
+    "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}]
+PROBE_CALL = [{"role": "user", "content": "hi"},
+              {"role": "assistant", "content": "", "tool_calls": [
+                  {"type": "function", "function": {"name": "portaft_probe_call", "arguments": {"x": 1}}}]},
+              {"role": "tool", "content": "portaft-probe-result"},
+              {"role": "assistant", "content": "done"}]
+PROBE_THOUGHT = [{"role": "user", "content": "hi"},
+                 {"role": "assistant", "content": "hello", "reasoning_content": "portaft-probe-thought"}]
+
+
+def template_abilities(render: Callable[..., str]) -> frozenset:
+    """What a template renders beyond text turns, found by rendering probe conversations:
+    "tools" when the tool list, a call's name and a tool result all appear, "reasoning"
+    when an assistant message's reasoning_content does. Works for any Jinja template."""
+    abilities = set()
+    try:
+        text = render(PROBE_CALL, tools=PROBE_TOOLS)
+        if all(word in text for word in ("portaft_probe_tool", "portaft_probe_call", "portaft-probe-result")):
+            abilities.add("tools")
+    except Exception:  # a template that raises on tool roles has no tool support
+        pass
+    try:
+        if "portaft-probe-thought" in render(PROBE_THOUGHT):
+            abilities.add("reasoning")
+    except Exception:
+        pass
+    return frozenset(abilities)
