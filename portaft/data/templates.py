@@ -88,6 +88,16 @@ def trained_spans(render: Callable[..., str], messages: list[dict], train_on: st
     untrained = getattr(messages, "untrained", ())  # replies a per-message flag leaves untrained
     if untrained:
         replies = [i for i in replies if i not in untrained]
+    try:
+        return text, _spans_by_prefix(render, messages, replies, text, shape)
+    except TemplateError:
+        if shape is None or len(shape) < 3:
+            raise
+        return text, _spans_by_markers(text, messages, replies, shape)
+
+
+def _spans_by_prefix(render: Callable[..., str], messages: list[dict], replies: list[int], text: str,
+                     shape: tuple[str, ...] | None) -> list[tuple[int, int]]:
     spans = []
     for index in replies:
         before = render(messages[:index], add_generation_prompt=True)
@@ -99,42 +109,54 @@ def trained_spans(render: Callable[..., str], messages: list[dict], train_on: st
             end = len(before) + len(shape[0]) + len(messages[index]["content"]) + len(shape[1])
         else:
             through = render(messages[: index + 1])
-            if through.startswith(before) and text.startswith(through):
-                end = len(through)
-            elif shape is not None:  # e.g. Qwen3 drops an earlier turn's <think> block
-                end = _reply_as_shown(text, len(before), messages[index]["content"], shape[1])
-            else:
+            if not (through.startswith(before) and text.startswith(through)):
                 raise TemplateError(RERENDERS)
+            end = len(through)
         spans.append((len(before), end))
-    return text, spans
+    return spans
 
 
-def _reply_as_shown(text: str, start: int, content: str, ending: str) -> int:
-    """Where a reply ends that the template shows differently once a later user turn
-    follows (Qwen3's official template drops its <think> block and reasoning: the model
-    sees earlier turns that way at inference): its content and ending, the first time
-    after the generation prompt before it."""
-    position = text.find(content + ending, start)
-    if position < 0 or not ending:
+def _spans_by_markers(text: str, messages: list[dict], replies: list[int], shape: tuple[str, ...]
+                      ) -> list[tuple[int, int]]:
+    """Replies found in the text itself, for templates that show an earlier turn differently
+    once a later user turn follows (Qwen3's official template drops an earlier reply's
+    <think> block: the model sees earlier turns that way at inference, so that is what
+    is trained). Each assistant message, in order, starts after the template's
+    generation prompt and ends with its end-of-turn text; refused unless there are
+    exactly as many generation prompts as assistant messages and each reply's text
+    lies in its span."""
+    prompt, ending = shape[2], shape[1]
+    assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not prompt.strip() or not ending.strip() or text.count(prompt) != len(assistants):
         raise TemplateError(RERENDERS)
-    return position + len(content) + len(ending)
+    spans, position = {}, 0
+    for index in assistants:
+        start = text.index(prompt, position) + len(prompt)
+        end = text.find(ending, start)
+        if end < 0 or messages[index]["content"] not in text[start:end]:
+            raise TemplateError(RERENDERS)
+        position = end + len(ending)
+        spans[index] = (start, position)
+    return [spans[i] for i in replies]
 
 
 RERENDERS = ("the chat template renders earlier turns differently once later turns follow, so the "
              "assistant replies cannot be located for loss masking. Use a named template (template: NAME).")
 
 
-def reply_shape(render: Callable[..., str]) -> tuple[str, str] | None:
-    """(gap, ending): what a template writes between the generation prompt and a reply's
-    text, and after it, when the reply ends the conversation; None when the template
-    does not write the reply's text unchanged."""
+def reply_shape(render: Callable[..., str]) -> tuple[str, str, str] | None:
+    """(gap, ending, prompt): what a template writes between the generation prompt and a
+    reply's text, and after it, when the reply ends the conversation, and the generation
+    prompt itself; None when the template does not write the reply's text unchanged."""
     probe = "portaft-probe-reply"
     before = render([{"role": "user", "content": "hi"}], add_generation_prompt=True)
     through = render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}])
     position = through.find(probe, len(before))
     if not through.startswith(before) or position < 0:
         return None
-    return through[len(before):position], through[position + len(probe):]
+    asked = render([{"role": "user", "content": "hi"}])
+    prompt = before[len(asked):] if before.startswith(asked) else ""
+    return through[len(before):position], through[position + len(probe):], prompt
 
 
 def reply_ending(render: Callable[..., str]) -> str:
@@ -156,7 +178,7 @@ def check_template(render: Callable[..., str], name: str, tokenizer: Any) -> str
     probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
              {"role": "user", "content": "bye"}, {"role": "assistant", "content": "goodbye"}]
     try:
-        trained_spans(render, probe, "assistant")
+        trained_spans(render, probe, "assistant", reply_shape(render))
     except TemplateError as exc:
         raise UserError(f"template {name!r}: {exc}") from None
     ending = reply_ending(render)
