@@ -16,14 +16,14 @@ from __future__ import annotations
 from portaft.plugins.hookspecs import hookimpl
 from portaft.plugins.registry import Format
 
-from .kinds import BadSample, KindError, check_placeholders, record_kind
+from .kinds import PLACEHOLDER, BadSample, KindError, check_placeholders, record_kind
 from .messages import (Conversation, PretrainText, add_system, as_list, call_of, loss_flag, message_parts,
                        tool_calls, tools_of, text_of)
 
 __all__ = ["BadSample", "Conversation", "Format", "KindError", "PretrainText", "detect_format", "normalise",
            "record_problem", "record_reason"]
 
-ROLES = ("system", "user", "assistant", "tool")
+ROLES = frozenset(("system", "user", "assistant", "tool"))
 
 
 def detect_format(record: dict, formats: dict[str, Format]) -> str | None:
@@ -56,29 +56,39 @@ def normalise(record: dict, fmt: Format) -> Conversation | PretrainText:
     if not isinstance(result, list) or not result:
         raise BadSample("the conversation is empty. Fix or remove this sample.", reason="empty conversation")
     conversation = result if isinstance(result, Conversation) else Conversation(result)
-    untrained, needs = [], set()
+    untrained, needs, contents = [], set(), []
     for index, message in enumerate(conversation):
         role = message.get("role")
         if role not in ROLES:
             raise BadSample(f"unknown role {role!r}; portaft trains on system, user, assistant and tool turns.",
                             reason="unknown role")
-        if not isinstance(message.get("content"), str):
-            raise BadSample(f"the {role} message's content is {type(message.get('content')).__name__}, not text.",
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise BadSample(f"the {role} message's content is {type(content).__name__}, not text.",
                             reason="content not text")
-        check_placeholders(message["content"], f"the {role} message")
-        if message.get("train", True) is False:
-            untrained.append(index)
-        if role == "tool" or message.get("tool_calls"):
+        contents.append(content)
+        if role == "tool":
             needs.add("tools")
-        if message.get("reasoning_content"):
-            needs.add("reasoning")
+        if len(message) > 2:  # more than role and content: a flag, tool calls, reasoning
+            if message.get("train", True) is False:
+                untrained.append(index)
+            if message.get("tool_calls"):
+                needs.add("tools")
+            if message.get("reasoning_content"):
+                needs.add("reasoning")
+    joined = "\x00".join(contents)
+    if "<" in joined and PLACEHOLDER.search(joined):  # one search per record; then say which message
+        for message in conversation:
+            check_placeholders(message["content"], f"the {message['role']} message")
     if conversation.tools:
         needs.add("tools")
     if not any(m["role"] == "assistant" for m in conversation):
         raise BadSample("the conversation has no assistant reply, so there is nothing to train on.",
                         reason="no assistant reply")
-    conversation.untrained = frozenset(untrained)
-    conversation.needs = frozenset(needs)
+    if untrained:  # the class says none
+        conversation.untrained = frozenset(untrained)
+    if needs:
+        conversation.needs = frozenset(needs)
     return conversation
 
 
@@ -196,7 +206,7 @@ def sharegpt_to_messages(record: dict, messages_column: str = "conversations", r
     return messages
 
 
-OPENAI_ROLES = ("system", "user", "assistant", "tool")
+OPENAI_ROLES = frozenset(("system", "user", "assistant", "tool"))
 ROLE_ALIASES = {"developer": "system", "function": "tool", "tool_response": "tool", "observation": "tool"}
 
 

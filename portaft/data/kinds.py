@@ -45,15 +45,20 @@ _WHAT_TO_DO = {
 
 PREFERENCE_KEYS = ("chosen", "rejected", "rejected_response", "chosen_messages", "rejected_messages")
 MEDIA_KEYS = ("images", "image", "videos", "video", "audios", "audio")
-PLACEHOLDER = re.compile(r"<(?:image|video|audio)>|<img>.*?</img>")
+PLACEHOLDER = re.compile(r"<(?:image|video|audio)>|<img>.*?</img>", re.DOTALL)
 
 
 def kind_error(kind: str, detail: str, what_to_do: str | None = None) -> KindError:
     return KindError(f"{kind}: {detail}. {what_to_do or _WHAT_TO_DO[kind]}.", reason=kind)
 
 
+KIND_KEYS = frozenset((*PREFERENCE_KEYS, *MEDIA_KEYS, "kto_tag", "label"))
+
+
 def record_kind(record: dict) -> None:
     """Raise KindError when the record's own keys say it is not supervised chat data."""
+    if KIND_KEYS.isdisjoint(record):  # the common case, in one set operation
+        return
     for key in PREFERENCE_KEYS:
         if record.get(key) not in (None, "", []):
             raise kind_error(PREFERENCE, f"the record has `{key}`")
