@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from portaft.errors import UserError
-from portaft.plugins import Format, Plugins, get_plugins
+from portaft.plugins import Plugins, get_plugins
 from portaft.recipe import Recipe, RecipeSource
 
 from .collator import Seq2SeqCollator
-from .encode import CUT_IN_PROMPT, NOT_CUT, EncodeSettings, Encoder
+from .encode import CUT_IN_PROMPT, NOT_CUT, Encoder, EncodeSettings
 from .formats import BadSample
 from .kinds import KindError
 from .mixing import mixed_rows
@@ -34,7 +34,7 @@ from .sources import progress_bars
 from .templates import check_template, choose_template
 from .validate import check
 
-__all__ = ["BadSample", "Built", "KindError", "Problem", "Seq2SeqCollator", "SourceReport", "build", "check", "load",
+__all__ = ["SHOWN_PROBLEMS", "BadSample", "Built", "KindError", "Problem", "Seq2SeqCollator", "SourceReport", "build", "check", "load",
            "prepare_tokenizer", "write_skipped"]
 
 PARALLEL_FROM = 50_000  # records in a file from which encoding uses several processes

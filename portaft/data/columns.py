@@ -20,6 +20,7 @@ from .formats import alpaca_to_messages, sharegpt_to_messages
 from .kinds import PREFERENCE, kind_error, record_kind
 from .messages import PretrainText, text_of
 
+
 def source_format(source: Any) -> Format | None:
     """The Format a source's mapping describes; None when it has none (format: applies)."""
     formatting = getattr(source, "formatting", None)

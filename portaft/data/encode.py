@@ -110,7 +110,7 @@ class Encoder:
                     text = self._text_ends[0] + messages + self._text_ends[1]
                     trained = [(0, len(text))]
                 elif messages.needs and messages.needs - self._abilities:
-                    raise unsupported_need(sorted(messages.needs - self._abilities)[-1], self.settings.template_name)
+                    raise unsupported_need(max(messages.needs - self._abilities), self.settings.template_name)
             except Exception as exc:  # the same words `portaft validate` prints for this record
                 problem, reason = record_problem(exc), record_reason(exc)
             else:

@@ -18,7 +18,7 @@ from portaft.plugins.registry import Format
 
 from .kinds import PLACEHOLDER, BadSample, KindError, check_placeholders, record_kind
 from .messages import (Conversation, PretrainText, add_system, as_list, call_of, loss_flag, message_parts,
-                       tool_calls, tools_of, text_of)
+                       text_of, tool_calls, tools_of)
 
 __all__ = ["BadSample", "Conversation", "Format", "KindError", "PretrainText", "detect_format", "normalise",
            "record_problem", "record_reason"]

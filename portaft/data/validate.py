@@ -59,7 +59,7 @@ def check(recipe: RecipeSource, notes: list[str] | None = None) -> list[SourceRe
         for report, needing in waiting:
             for where, needs in needing:
                 if needs - abilities:
-                    exc = unsupported_need(sorted(needs - abilities)[-1], name)
+                    exc = unsupported_need(max(needs - abilities), name)
                     problems.append(Problem(where, str(exc), exc.reason))
                     report.bad += 1
                     report.available -= 1
