@@ -34,8 +34,8 @@ from .sources import progress_bars
 from .templates import check_template, choose_template
 from .validate import check
 
-__all__ = ["SHOWN_PROBLEMS", "BadSample", "Built", "KindError", "Problem", "Seq2SeqCollator", "SourceReport", "build", "check", "load",
-           "prepare_tokenizer", "write_skipped"]
+__all__ = ["SHOWN_PROBLEMS", "BadSample", "Built", "KindError", "Problem", "Seq2SeqCollator", "SourceReport", "build",
+           "check", "load", "prepare_tokenizer", "write_skipped"]
 
 PARALLEL_FROM = 50_000  # records in a file from which encoding uses several processes
 BAR_FROM = 5_000  # records in a file from which encoding shows a progress bar
