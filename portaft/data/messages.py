@@ -57,7 +57,8 @@ def _json(value: Any, where: str) -> Any:
         try:
             return json.loads(value)
         except json.JSONDecodeError as exc:
-            raise BadSample(f"{where} is text that is not valid JSON ({exc.msg}).", reason="tool call not JSON") from None
+            raise BadSample(f"{where} is text that is not valid JSON ({exc.msg}).",
+                            reason="tool call not JSON") from None
     return value
 
 

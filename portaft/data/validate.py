@@ -16,7 +16,7 @@ from portaft.recipe import RecipeSource
 
 from .formats import PretrainText, normalise, record_problem, record_reason
 from .kinds import unsupported_need
-from .problems import Problem, problem_list
+from .problems import Problem, problem_list, skipped_lines
 from .reading import SourceReport, model_type, prepare_tokenizer, read_source
 from .sources import progress_bars, records_of
 
@@ -65,6 +65,7 @@ def check(recipe: RecipeSource, notes: list[str] | None = None) -> list[SourceRe
                     report.available -= 1
     if unusable or (problems and not recipe.skip_bad_samples):
         raise UserError(problem_list(unusable, problems))
+    notes += skipped_lines(problems, sum(r.records for r in reports))  # what run will skip, as run says it
     return reports
 
 

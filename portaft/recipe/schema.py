@@ -37,7 +37,8 @@ class DataSource(_Section):
     weight: float | None = Field(None, gt=0, description="Use round(weight x size) samples of this source.")
     samples: int | None = Field(None, gt=0, description="Use exactly this many samples of this source.")
     formatting: Literal["alpaca", "sharegpt"] | None = Field(
-        None, description="Column mapping as in LLaMA-Factory's dataset_info.json: alpaca or sharegpt (replaces format).")
+        None, description="Column mapping as in LLaMA-Factory's dataset_info.json: alpaca or sharegpt "
+        "(replaces format).")
     columns: dict[str, str] | None = Field(
         None, description="dataset_info.json `columns`: portaft's name -> your column (prompt, query, response, "
         "system, history, messages, tools, chosen, rejected, kto_tag, images, ...).")
@@ -46,7 +47,8 @@ class DataSource(_Section):
         "system_tag, observation_tag, function_tag.")
     ranking: bool = Field(False, description="dataset_info.json `ranking`: true marks preference (DPO) data.")
     dataset_info: str | None = Field(
-        None, description="A LLaMA-Factory dataset_info.json; with `name`, its entry gives path, formatting, columns, tags.")
+        None, description="A LLaMA-Factory dataset_info.json; with `name`, its entry gives path, formatting, "
+        "columns, tags.")
     name: str | None = Field(None, description="The dataset_info.json entry to read.")
 
     @model_validator(mode="before")

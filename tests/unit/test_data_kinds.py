@@ -75,7 +75,9 @@ def test_validate_reports_the_same_kinds_and_tools_the_template_cannot_render(re
                                              "'deepseek' does not render tools" in err
     qwen = write_recipe(recipe_with(recipe_dict, {"path": str(path)}, template="qwen"), "qwen.yaml")
     assert main(["validate", str(qwen), "--skip-bad-samples"]) == 0
-    assert "3 records, 1 bad (will be skipped)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "3 records, 1 bad (will be skipped)" in out
+    assert "note: skipped 1 of 3 records: 1 KTO data (desirable/undesirable label)" in out
 
 
 def test_tool_calls_are_trained_and_tool_results_are_not_with_ids_of_apply_chat_template(recipe_dict, tokenizer,
