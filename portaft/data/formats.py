@@ -203,6 +203,8 @@ def sharegpt_to_messages(record: dict, messages_column: str = "conversations", r
                              "tool_calls": [call_of(c, f"{where}.{content_tag}") for c in calls]})
         else:
             messages.append({"role": role, "content": text_of(value, f"{where}.{content_tag}")})
+        if len(turn) > 2 and loss_flag(turn, messages[-1]["role"], where) is False:  # a per-turn weight
+            messages[-1]["train"] = False
     return messages
 
 

@@ -97,7 +97,8 @@ def tools_of(value: Any, where: str) -> list | None:
     return [t if "function" in t else {"type": "function", "function": t} for t in tools] or None
 
 
-LOSS_KEYS = ("weight", "loss", "loss_weight", "loss_scale")  # OpenAI, ms-swift, LLaMA-Factory, ms-swift
+# OpenAI, ms-swift, LLaMA-Factory, ms-swift, axolotl (message_field_training), portaft's own
+LOSS_KEYS = ("weight", "loss", "loss_weight", "loss_scale", "training", "train")
 
 
 def loss_flag(message: dict, role: str, where: str) -> bool | None:

@@ -117,6 +117,14 @@ def test_a_reply_flagged_untrained_is_not_trained(recipe_dict, tokenizer, tmp_pa
     assert "FLAGGED" not in trained_text(tokenizer, row) and "Paris." in trained_text(tokenizer, row)
 
 
+def test_a_sharegpt_turn_with_weight_0_is_not_trained(recipe_dict, tokenizer, tmp_path):
+    record = {"conversations": [{"from": "human", "value": "Q1"}, {"from": "gpt", "value": "SKIP ME", "weight": 0},
+                                {"from": "human", "value": "Q2"}, {"from": "gpt", "value": "TRAIN ME"}]}
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", [record])
+    row = portaft.data.load(recipe_with(recipe_dict, {"path": str(path)}), tokenizer)[0]
+    assert trained_text(tokenizer, row) == " TRAIN ME" + tokenizer.eos_token
+
+
 def test_a_partial_loss_weight_is_refused_with_what_to_write(recipe_dict, tokenizer, tmp_path):
     record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a", "weight": 0.5}]}
     path = write_jsonl(tmp_path / "half.jsonl", [record])
