@@ -158,12 +158,18 @@ def alpaca_to_messages(record: dict, prompt: str = "instruction", query: str = "
     return messages
 
 
+SWIFT_QUERY = ("query", "prompt", "question", "problem")  # the names ms-swift reads as the query
+
+
 def swift_to_messages(record: dict) -> Conversation | PretrainText:
-    """ms-swift's query/response: {"system"?, "query", "response", "history"?: [[q, a]]};
-    a record with only `response` is pretraining text (ms-swift's pretraining shape)."""
-    if record.get("query") is None and not record.get("history") and record.get("system") in (None, ""):
+    """ms-swift's query/response: {"system"?, "query", "response", "history"?: [[q, a]]}
+    (the query may be named prompt, question or problem, as ms-swift allows); a record
+    with a response and no query, history or system is pretraining text (ms-swift's
+    pretraining shape)."""
+    query = next((name for name in SWIFT_QUERY if record.get(name) is not None), None)
+    if query is None and not record.get("history") and record.get("system") in (None, ""):
         return PretrainText(text_of(record.get("response"), "response"))
-    return alpaca_to_messages(record, prompt="query", query="", response="response")
+    return alpaca_to_messages(record, prompt=query or "query", query="", response="response")
 
 
 def text_to_messages(record: dict) -> PretrainText:
@@ -234,6 +240,8 @@ def openai_to_messages(record: dict) -> Conversation | PretrainText:
                 messages[-1]["tool_calls"].append(call)
             else:
                 messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+                if loss_flag(message, "assistant", where) is False:  # the first call's flag counts, as in ms-swift
+                    messages[-1]["train"] = False
             continue
         if role not in OPENAI_ROLES:
             raise BadSample(f"{where}.role: unknown role {role!r}. Use one of: {', '.join(OPENAI_ROLES)}.",

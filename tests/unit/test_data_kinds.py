@@ -206,6 +206,13 @@ def test_ms_swift_query_response_is_detected(recipe_dict, tokenizer, tmp_path):
                                                   + tokenizer.eos_token)
 
 
+def test_a_prompt_response_record_keeps_its_prompt(recipe_dict, tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "pr.jsonl", [{"prompt": "THE PROMPT", "response": "THE ANSWER"}])
+    row = portaft.data.load(recipe_with(recipe_dict, {"path": str(path)}), tokenizer)[0]
+    assert "User: THE PROMPT" in tokenizer.decode(row["input_ids"])
+    assert trained_text(tokenizer, row) == " THE ANSWER" + tokenizer.eos_token
+
+
 def test_a_pretty_printed_json_array_saved_as_jsonl_is_read_with_true_lines(recipe_dict, tokenizer, tmp_path):
     path = tmp_path / "pretty.jsonl"
     path.write_text(json.dumps([CHAT, {"messages": []}, CHAT], ensure_ascii=False, indent=4), encoding="utf-8")
