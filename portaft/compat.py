@@ -65,7 +65,7 @@ def trainer_kwargs(trainer_cls: type, tokenizer: Any) -> dict[str, Any]:
 
 
 def chat_template_renderer(tokenizer: Any, chat_template: str) -> Any:
-    """A function messages, add_generation_prompt -> text, equal to apply_chat_template(tokenize=False).
+    """A function messages, add_generation_prompt, tools -> text, equal to apply_chat_template(tokenize=False).
 
     transformers compiles a template in the private `_compile_jinja_template`; calling
     the compiled template directly costs a fifth of apply_chat_template per render,
@@ -80,9 +80,9 @@ def chat_template_renderer(tokenizer: Any, chat_template: str) -> Any:
     except ImportError:
         compiled = None
     if compiled is None:
-        def render(messages: list, add_generation_prompt: bool = False) -> str:
+        def render(messages: list, add_generation_prompt: bool = False, tools: list | None = None) -> str:
             return tokenizer.apply_chat_template(messages, chat_template=chat_template, tokenize=False,
-                                                 add_generation_prompt=add_generation_prompt)
+                                                 add_generation_prompt=add_generation_prompt, tools=tools)
         return render
 
     # Template.render merges the template's globals (a ChainMap) into a new dict on every
@@ -90,9 +90,11 @@ def chat_template_renderer(tokenizer: Any, chat_template: str) -> Any:
     # (Jinja's public new_context API) renders the same text.
     base = {**dict(compiled.globals), **tokenizer.special_tokens_map, "tools": None, "documents": None}
 
-    def render(messages: list, add_generation_prompt: bool = False) -> str:
-        context = compiled.new_context({**base, "messages": messages, "add_generation_prompt": add_generation_prompt},
-                                       shared=True)
+    def render(messages: list, add_generation_prompt: bool = False, tools: list | None = None) -> str:
+        values = {**base, "messages": messages, "add_generation_prompt": add_generation_prompt}
+        if tools:
+            values["tools"] = tools
+        context = compiled.new_context(values, shared=True)
         return "".join(compiled.root_render_func(context))
     return render
 

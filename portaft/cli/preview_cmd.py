@@ -32,7 +32,9 @@ def handle(args) -> int:
     print(f"template: {built.template_name}   train_on: {recipe.train_on}   max_length: {recipe.max_length}")
     for report in built.reports:
         print(data.describe(report, recipe.max_length))
-    for line in built.warnings[:1 + data.SHOWN_PROBLEMS]:
+    for line in built.notes:
+        print(f"note: {line}")
+    for line in built.warnings:
         print(f"warning: {line}")
     legend = f"{GREEN}green{RESET}" if color else f"{OPEN}between these marks{CLOSE}"
     print(f"trained (unmasked) text is shown {legend}")

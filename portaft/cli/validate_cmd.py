@@ -21,10 +21,14 @@ def handle(args) -> int:
     recipe = plugins.read_recipe(args.recipe, overrides)
     tracking.prepare(recipe.model_copy(deep=True), plugins)  # a missing or unknown tracker, before the data
     engines.check_in_validate(plugins, recipe, args.recipe)  # train.fsdp / train.deepspeed, before the data
-    reports = data.check(recipe)
+    notes: list[str] = []
+    reports = data.check(recipe, notes)
     print(f"{args.recipe}: valid. model {recipe.model.name_or_path}, template {recipe.template}, "
           f"backend {recipe.backend}, output {recipe.train['output_dir']}")
     for r in reports:
         skipped = f", {r.bad} bad (will be skipped)" if r.bad else ""
-        print(f"  data {r.path} ({r.format}): {r.records} records{skipped}")
+        text = f", {r.pretraining} pretraining text (no template, every token trained)" if r.pretraining else ""
+        print(f"  data {r.path} ({r.format}): {r.records} records{skipped}{text}")
+    for line in notes:
+        print(f"  note: {line}")
     return 0

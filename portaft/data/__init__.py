@@ -3,11 +3,14 @@
     dataset = portaft.data.load("examples/self_identity.yaml")
     dataset[0]  # {"input_ids": [...], "attention_mask": [...], "labels": [...]}
 
-Modules: `sources` (files, reading, where a record came from), `formats` (records to
-conversations), `templates` + `chat_templates` (rendering, trained spans), `encode`
-(the batched tokenize-and-mask pass), `mixing`; how training draws batches: `collator`
-(padded), `packing` (flattened, token-budget batches), `shares` (several processes'
-shares of a step).
+Modules: `sources` (files, reading, where a record came from), `formats` + `messages`
+(records to conversations), `columns` (a source's column mapping), `kinds` (data portaft
+does not train as chat: preference, KTO, multimodal; tools and reasoning a template
+cannot render), `problems` (bad records, counted and listed), `templates` +
+`chat_templates` (rendering, trained spans), `encode` (the batched tokenize-and-mask
+pass), `validate` (`portaft validate`'s pass, no tokenizer), `mixing`; how training
+draws batches: `collator` (padded), `packing` (flattened, token-budget batches),
+`shares` (several processes' shares of a step).
 """
 
 from __future__ import annotations
@@ -17,37 +20,25 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from portaft.errors import UserError
-from portaft.plugins import Format, Plugins, get_plugins
+from portaft.plugins import Plugins, get_plugins
 from portaft.recipe import Recipe, RecipeSource
 
 from .collator import Seq2SeqCollator
-from .encode import CUT_IN_PROMPT, NOT_CUT, EncodeSettings, Encoder
-from .formats import BadSample, detect_format, normalise, record_problem
+from .encode import CUT_IN_PROMPT, NOT_CUT, Encoder, EncodeSettings
+from .formats import BadSample
+from .kinds import KindError
 from .mixing import mixed_rows
-from .sources import progress_bars, read_file, records_of, source_files
+from .problems import SHOWN_PROBLEMS, Problem, problem_list, skipped_lines, write_skipped
+from .reading import SourceReport, model_type, prepare_tokenizer, read_source
+from .sources import progress_bars
 from .templates import check_template, choose_template
+from .validate import check
 
-__all__ = ["BadSample", "Built", "Seq2SeqCollator", "SourceReport", "build", "check", "load", "prepare_tokenizer"]
+__all__ = ["SHOWN_PROBLEMS", "BadSample", "Built", "KindError", "Problem", "Seq2SeqCollator", "SourceReport", "build",
+           "check", "load", "prepare_tokenizer", "write_skipped"]
 
-SHOWN_PROBLEMS = 20  # bad records listed in one error; the rest are counted
 PARALLEL_FROM = 50_000  # records in a file from which encoding uses several processes
 BAR_FROM = 5_000  # records in a file from which encoding shows a progress bar
-
-
-@dataclass
-class SourceReport:
-    path: str
-    format: str
-    files: int
-    records: int  # records read (good or bad)
-    bad: int  # records skipped as bad (skip_bad_samples)
-    dropped: int  # good records with no trained token left after truncation
-    truncated: int  # cut at max_length (the rest of the sample is lost)
-    truncated_in_prompt: int  # of which the cut fell in a prompt: the reply after it is lost
-    available: int  # usable samples
-    samples: int  # samples used after weight/samples
-    tokens: int  # tokens of the used samples
-    trained_tokens: int  # of which carry a label
 
 
 @dataclass
@@ -57,15 +48,9 @@ class Built:
     reports: list[SourceReport]
     template_name: str
     template: str  # Jinja source
-    warnings: list[str] = field(default_factory=list)  # skipped records, located
-
-
-def prepare_tokenizer(tokenizer: Any) -> list[str]:
-    """Give the tokenizer a pad token if it lacks one (pad = eos, as the seeds do)."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-        return [f"tokenizer pad token: none -> eos ({tokenizer.eos_token!r}); padding is masked from the loss"]
-    return []
+    warnings: list[str] = field(default_factory=list)  # the count of skipped records and the first few
+    skipped: list[Problem] = field(default_factory=list)  # every skipped record (skipped.jsonl)
+    notes: list[str] = field(default_factory=list)  # how files were read, what the data is trained as
 
 
 def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
@@ -78,23 +63,24 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
     from portaft.compat import chat_template_renderer
 
     template_name, template = choose_template(recipe.template, tokenizer, plugins.templates,
-                                              _model_type(recipe))
+                                              model_type(recipe))
     check_template(chat_template_renderer(tokenizer, template), template_name, tokenizer)
-    settings = EncodeSettings(template, recipe.max_length, recipe.train_on, recipe.system)
+    settings = EncodeSettings(template, recipe.max_length, recipe.train_on, recipe.system, template_name)
     seed = int(recipe.train.get("seed", 42))
-    problems: list[str] = []  # bad records
+    problems: list[Problem] = []  # bad records
     unusable: list[str] = []  # whole files
+    notes: list[str] = []
     parts, lengths, reports = [], [], []
     for index, source in enumerate(recipe.data):
         encoded, names, records, located = [], [], 0, []
-        for file, fmt in _read_source(source, plugins.formats, problems, unusable):
+        for file, fmt in read_source(source, plugins.formats, problems, unusable, notes):
             with progress_bars(len(file.rows) >= BAR_FROM):
                 rows = file.rows.map(
                     Encoder(tokenizer, fmt, settings), batched=True, remove_columns=file.rows.column_names,
                     num_proc=_processes(len(file.rows)), desc=f"Encoding {file.path}",
                 )
-            errors = _column(rows, "error")
-            located += [f"{file.where(i)}: {e}" for i, e in enumerate(errors) if e]
+            errors, reasons = _column(rows, "error"), _column(rows, "reason")
+            located += [Problem(file.where(i), e, r) for i, (e, r) in enumerate(zip(errors, reasons)) if e]
             records += len(rows) + len(file.bad_lines)
             encoded.append(rows)
             names.append(fmt.name)
@@ -102,7 +88,8 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
         if not encoded:
             continue
         rows = concatenate_datasets(encoded) if len(encoded) > 1 else encoded[0]
-        errors, trained, cuts, sizes = (_column(rows, name) for name in ("error", "trained", "cut", "length"))
+        errors, trained, cuts, sizes, plain = (_column(rows, name) for name in ("error", "trained", "cut", "length",
+                                                                                "pretraining"))
         good = [i for i, (e, t) in enumerate(zip(errors, trained)) if not e and t]
         cuts = [c for e, c in zip(errors, cuts) if not e]
         chosen = [good[i] for i in mixed_rows(len(good), source.weight, source.samples, seed, index)]
@@ -121,88 +108,20 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
             samples=len(chosen),
             tokens=sum(used_lengths),
             trained_tokens=sum(trained[i] for i in chosen),
+            pretraining=sum(plain[i] for i in good),
         ))
+        if reports[-1].pretraining:
+            notes.append(f"data {source.path}: {reports[-1].pretraining} of {len(good)} usable records are "
+                         "pretraining text: continued pretraining, no chat template, loss on every token")
         parts.append(used.select_columns(["input_ids", "attention_mask", "labels"]))
         lengths += used_lengths
-    warnings = []
     if unusable or (problems and not recipe.skip_bad_samples):
-        raise UserError(_problem_list(unusable, problems))
-    if problems:
-        warnings = [f"skipped {len(problems)} bad record(s):"] + problems
+        raise UserError(problem_list(unusable, problems))
+    warnings = skipped_lines(problems, sum(r.records for r in reports))
     dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else None
     if dataset is None or len(dataset) == 0:
         raise UserError("no sample has any assistant token left to train on; raise max_length or check the data.")
-    return Built(dataset, lengths, reports, template_name, template, warnings)
-
-
-def _read_source(source: Any, formats: dict[str, Format], problems: list[str], unusable: list[str]):
-    """(file, format) for every readable, non-empty file of a source; unreadable lines are
-    appended to `problems`, files that cannot be used at all to `unusable`."""
-    for path in source_files(source.path):
-        file = read_file(path)
-        problems += file.bad_lines
-        if file.rows is None and file.bad_lines:
-            continue  # every line is bad: each is already listed
-        if file.rows is None or len(file.rows) == 0:
-            unusable.append(f"{path}: holds no samples. Add data or remove it from `data:`.")
-            continue
-        name = source.format
-        if name == "auto":
-            name = detect_format(file.first_record(), formats)
-            if name is None:
-                unusable.append(
-                    f"{file.where(0)}: cannot tell the data format from the record's keys "
-                    f"({', '.join(file.first_record())}). Formats and their keys: "
-                    + "; ".join(f"{f.name} ({', '.join(f.keys)})" for f in formats.values())
-                    + ". Set `format:` or fix the data."
-                )
-                continue
-        yield file, formats[name]
-
-
-def check(recipe: RecipeSource) -> list[SourceReport]:
-    """Read and normalise every record without a tokenizer or model (`portaft validate`).
-
-    Raises one UserError listing every bad record unless skip_bad_samples is set.
-    """
-    plugins = get_plugins()
-    recipe = plugins.read_recipe(recipe)
-    formats = plugins.formats
-    problems: list[str] = []
-    unusable: list[str] = []
-    reports = []
-    for source in recipe.data:
-        records = bad = 0
-        names = set()
-        for file, fmt in _read_source(source, formats, problems, unusable):
-            with progress_bars(len(file.rows) >= BAR_FROM):
-                errors = _column(file.rows.map(_Checker(fmt), batched=True, remove_columns=file.rows.column_names,
-                                               desc=f"Checking {file.path}"), "error")
-            located = [f"{file.where(i)}: {e}" for i, e in enumerate(errors) if e]
-            problems += located
-            records += len(errors) + len(file.bad_lines)
-            bad += len(located) + len(file.bad_lines)
-            names.add(fmt.name)
-        reports.append(SourceReport(source.path, ",".join(sorted(names)), 0, records, bad, 0, 0, 0,
-                                    records - bad, 0, 0, 0))
-    if unusable or (problems and not recipe.skip_bad_samples):
-        raise UserError(_problem_list(unusable, problems))
-    return reports
-
-
-class _Checker:
-    def __init__(self, fmt: Format):
-        self.fmt = fmt
-
-    def __call__(self, batch: dict[str, list]) -> dict[str, list]:
-        errors = []
-        for record in records_of(batch):
-            try:
-                normalise(record, self.fmt)
-                errors.append("")
-            except Exception as exc:  # BadSample, or a plugin format's own error
-                errors.append(record_problem(exc))
-        return {"error": errors}
+    return Built(dataset, lengths, reports, template_name, template, warnings, problems, notes)
 
 
 def load(recipe: RecipeSource, tokenizer: Any = None) -> Any:
@@ -235,27 +154,7 @@ def _column(rows: Any, name: str) -> list:
     return rows.with_format("arrow")[name].to_pylist()
 
 
-def _problem_list(unusable: list[str], problems: list[str]) -> str:
-    lines = [f"{len(unusable)} data file(s) cannot be used:"] + [f"  {p}" for p in unusable] if unusable else []
-    if problems:
-        lines.append(f"{len(problems)} bad record(s) in the data:")
-        lines += [f"  {p}" for p in problems[:SHOWN_PROBLEMS]]
-        if len(problems) > SHOWN_PROBLEMS:
-            lines.append(f"  ... and {len(problems) - SHOWN_PROBLEMS} more")
-        lines.append("Fix them, or set skip_bad_samples: true (or --skip-bad-samples) to skip and count them.")
-    return "\n".join(lines)
-
-
 def _processes(records: int) -> int | None:
     return min(os.cpu_count() or 1, 4) if records >= PARALLEL_FROM else None
 
 
-def _model_type(recipe: Recipe) -> str | None:
-    """config.json's model_type, for template: auto; None when there is no readable config."""
-    try:
-        from transformers import AutoConfig
-
-        return AutoConfig.from_pretrained(recipe.model.name_or_path,
-                                          trust_remote_code=recipe.model.trust_remote_code).model_type
-    except Exception:  # a missing or remote config only means no guess
-        return None

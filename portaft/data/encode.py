@@ -16,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from .formats import Format, normalise, record_problem
+from .formats import Conversation, Format, PretrainText, normalise, record_problem, record_reason
+from .kinds import unsupported_need
 from .sources import records_of
-from .templates import TemplateError, reply_shape, trained_spans
+from .templates import TemplateError, reply_shape, template_abilities, trained_spans
 
 IGNORE = -100
 
@@ -32,6 +33,7 @@ class EncodeSettings:
     max_length: int
     train_on: str  # "assistant" | "last_assistant" | "all"
     system: str | None  # replaces or adds the system prompt of every conversation
+    template_name: str = "tokenizer"  # named in a record's error
 
 
 class Encoder:
@@ -43,6 +45,8 @@ class Encoder:
         self.settings = settings
         self._render = None
         self._shape: tuple[str, str] | None = None
+        self._abilities: frozenset = frozenset()
+        self._text_ends = ("", "")  # what surrounds pretraining text: (bos where the tokenizer adds one, eos)
         # datasets caches map results under a hash of this object; functions are pickled by
         # name, so the code itself goes in too: a changed portaft or format never hits a stale cache
         self.code = code_fingerprint(fmt.to_messages)
@@ -56,16 +60,19 @@ class Encoder:
 
             self._render = chat_template_renderer(self.tokenizer, self.settings.template)
             self._shape = reply_shape(self._render)
+            self._abilities = template_abilities(self._render)
+            self._text_ends = pretraining_ends(self.tokenizer)
         return self._render
 
-    def conversation(self, record: dict) -> list[dict]:
+    def conversation(self, record: dict) -> Conversation | PretrainText:
         messages = normalise(record, self.fmt)
         system = self.settings.system
-        if system is not None:
-            if messages[0]["role"] == "system":
-                messages = [{"role": "system", "content": system}] + messages[1:]
-            else:
-                messages = [{"role": "system", "content": system}] + messages
+        if system is not None and not isinstance(messages, PretrainText):
+            replaced = messages[0]["role"] == "system"
+            changed = Conversation([{"role": "system", "content": system}] + messages[1 if replaced else 0:])
+            changed.tools, changed.needs = messages.tools, messages.needs
+            changed.untrained = frozenset(i + (0 if replaced else 1) for i in messages.untrained)
+            messages = changed
         return messages
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
@@ -73,12 +80,13 @@ class Encoder:
         runs without the GIL), render the next chunk meanwhile; then mask them all."""
         records = records_of(batch)
         size = len(records)
-        pending, errors = [], []
+        pending, errors, reasons, plain = [], [], [], []
         for start in range(0, size, CHUNK):
-            texts, spans = self._render_chunk(records[start:start + CHUNK], errors)
+            texts, spans = self._render_chunk(records[start:start + CHUNK], errors, reasons, plain)
             pending.append((_tokenizer_thread().submit(encode_texts, self.tokenizer, texts), spans))
         out: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "length": [], "trained": [],
-                                "cut": [], "error": errors}
+                                "cut": [], "error": errors, "reason": reasons,
+                                "pretraining": plain}
         for future, spans in pending:
             for ids, ranges in locate(future.result(), spans):
                 ids, labels, cut = mask_and_truncate(ids, ranges, self.settings.max_length)
@@ -90,29 +98,51 @@ class Encoder:
                 out["cut"].append(cut)
         return out
 
-    def _render_chunk(self, records: list[dict], errors: list[str]) -> tuple[list[str], list[Ranges]]:
+    def _render_chunk(self, records: list[dict], errors: list[str], reasons: list[str], plain: list[int]
+                      ) -> tuple[list[str], list[Ranges]]:
         render = self._compiled()
         texts, spans = [], []
         for record in records:
-            text, trained, problem = "", [], ""
+            text, trained, problem, reason, messages = "", [], "", "", None
             try:
                 messages = self.conversation(record)
+                if isinstance(messages, PretrainText):  # continued pretraining: no template, every token
+                    text = self._text_ends[0] + messages + self._text_ends[1]
+                    trained = [(0, len(text))]
+                elif messages.needs and messages.needs - self._abilities:
+                    raise unsupported_need(max(messages.needs - self._abilities), self.settings.template_name)
             except Exception as exc:  # the same words `portaft validate` prints for this record
-                problem = record_problem(exc)
+                problem, reason = record_problem(exc), record_reason(exc)
             else:
                 try:
-                    text, trained = trained_spans(render, messages, self.settings.train_on, self._shape)
+                    if not trained:
+                        text, trained = trained_spans(render, messages, self.settings.train_on, self._shape,
+                                                      messages.tools)
                 except TemplateError as exc:
-                    problem = str(exc)
+                    problem, reason = str(exc), "template cannot mask it"
                 except Exception as exc:  # e.g. a template's raise_exception
-                    problem = f"cannot be rendered: {type(exc).__name__}: {exc}"
+                    problem, reason = f"cannot be rendered: {type(exc).__name__}: {exc}", "cannot be rendered"
             errors.append(problem)
+            reasons.append(reason)
+            plain.append(int(isinstance(messages, PretrainText) and not problem))
             texts.append(text)
             spans.append(trained)
         return texts, spans
 
 
 CHUNK = 250  # records rendered before their tokenization starts
+
+
+def pretraining_ends(tokenizer: Any) -> tuple[str, str]:
+    """(before, after) pretraining text: the bos token where the tokenizer itself puts one
+    before plain text (Llama, DeepSeek; not Qwen), and eos, so documents stay apart when
+    packed (LLaMA-Factory appends eos the same way)."""
+    bos, eos = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "eos_token", None) or ""
+    if bos is not None:
+        ids = tokenizer("x", add_special_tokens=True)["input_ids"]
+        if not ids or ids[0] != tokenizer.bos_token_id:
+            bos = None
+    return bos or "", eos
 
 _threads: dict[int, Any] = {}
 

@@ -1,24 +1,29 @@
 """Data formats: each turns one record into portaft's conversation shape.
 
-The shape is a list of messages, each {"role": "system" | "user" | "assistant",
-"content": str}. A converter raises `BadSample` naming the field that is wrong;
-the caller adds the file and line. Built-in formats are registered through the
-same `register_formats` hook a plugin uses.
+The shape is a list of messages in OpenAI's form: {"role": "system" | "user" |
+"assistant" | "tool", "content": str}, an assistant message may carry "tool_calls"
+([{"type": "function", "function": {"name", "arguments": {...}}}]) and
+"reasoning_content", and "train": False marks a reply that is not trained (OpenAI's
+`weight: 0`, ms-swift's `loss: false`, LLaMA-Factory's `loss_weight: 0`). A
+`Conversation` also carries the record's `tools`. Pretraining text comes back as
+`PretrainText`. A converter raises `BadSample` naming the field that is wrong; the
+caller adds the file and line. Built-in formats are registered through the same
+`register_formats` hook a plugin uses; their helpers are in `messages.py`.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from portaft.plugins.hookspecs import hookimpl
 from portaft.plugins.registry import Format
 
-Messages = list[dict[str, str]]
+from .kinds import PLACEHOLDER, BadSample, KindError, check_placeholders, record_kind
+from .messages import (Conversation, PretrainText, add_system, as_list, call_of, loss_flag, message_parts,
+                       text_of, tool_calls, tools_of)
 
+__all__ = ["BadSample", "Conversation", "Format", "KindError", "PretrainText", "detect_format", "normalise",
+           "record_problem", "record_reason"]
 
-class BadSample(ValueError):
-    """A record that cannot become a conversation; the message names the field."""
+ROLES = frozenset(("system", "user", "assistant", "tool"))
 
 
 def detect_format(record: dict, formats: dict[str, Format]) -> str | None:
@@ -35,151 +40,231 @@ def record_problem(exc: Exception) -> str:
     return str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
 
 
-def normalise(record: dict, fmt: Format) -> Messages:
-    """Messages of one record, checked: known roles, text content, an assistant reply."""
-    messages = fmt.to_messages(record)
-    if not isinstance(messages, list) or not messages:
-        raise BadSample("the conversation is empty. Fix or remove this sample.")
-    for message in messages:
-        if message.get("role") not in ("system", "user", "assistant"):
-            raise BadSample(f"unknown role {message.get('role')!r}; portaft trains on system, user and assistant turns.")
-        if not isinstance(message.get("content"), str):
-            raise BadSample(f"the {message['role']} message's content is "
-                            f"{type(message.get('content')).__name__}, not text.")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise BadSample("the conversation has no assistant reply, so there is nothing to train on.")
-    return messages
+def record_reason(exc: Exception) -> str:
+    """The few words that group a failure in the count of skipped records."""
+    return getattr(exc, "reason", None) or "bad record"
+
+
+def normalise(record: dict, fmt: Format) -> Conversation | PretrainText:
+    """The record's conversation, checked: no kind portaft cannot train, known roles,
+    text content, an assistant reply. `needs` says what the template must render."""
+    record_kind(record)
+    result = fmt.to_messages(record)
+    if isinstance(result, PretrainText):
+        check_placeholders(result, "the text")
+        return result
+    if not isinstance(result, list) or not result:
+        raise BadSample("the conversation is empty. Fix or remove this sample.", reason="empty conversation")
+    conversation = result if isinstance(result, Conversation) else Conversation(result)
+    untrained, needs, contents = [], set(), []
+    for index, message in enumerate(conversation):
+        role = message.get("role")
+        if role not in ROLES:
+            raise BadSample(f"unknown role {role!r}; portaft trains on system, user, assistant and tool turns.",
+                            reason="unknown role")
+        content = message.get("content")
+        if not isinstance(content, str):
+            raise BadSample(f"the {role} message's content is {type(content).__name__}, not text.",
+                            reason="content not text")
+        contents.append(content)
+        if role == "tool":
+            needs.add("tools")
+        if len(message) > 2:  # more than role and content: a flag, tool calls, reasoning
+            if message.get("train", True) is False:
+                untrained.append(index)
+            if message.get("tool_calls"):
+                needs.add("tools")
+            if message.get("reasoning_content"):
+                needs.add("reasoning")
+    joined = "\x00".join(contents)
+    if "<" in joined and PLACEHOLDER.search(joined):  # one search per record; then say which message
+        for message in conversation:
+            check_placeholders(message["content"], f"the {message['role']} message")
+    if conversation.tools:
+        needs.add("tools")
+    if not any(m["role"] == "assistant" for m in conversation):
+        raise BadSample("the conversation has no assistant reply, so there is nothing to train on.",
+                        reason="no assistant reply")
+    if untrained:  # the class says none
+        conversation.untrained = frozenset(untrained)
+    if needs:
+        conversation.needs = frozenset(needs)
+    return conversation
 
 
 # --- the built-in formats -------------------------------------------------------------
 
-def xtuner_to_messages(record: dict) -> Messages:
+def xtuner_to_messages(record: dict) -> Conversation | PretrainText:
     """XTuner / EmoLLM: {"conversation": [{"system"?, "input", "output"}, ...]}.
 
     XTuner's nested variant puts earlier turns in `input`: {"conversation": [...]}.
     They become the history before the reply in `output`; an inner last turn without
-    an output supplies the question that `output` answers.
+    an output supplies the question that `output` answers. XTuner's incremental
+    pretraining convention, one turn with an empty input and no system, is pretraining
+    text. ms-swift's {"conversation": [{"human", "assistant"}]} is read the same way.
     """
-    turns = _list(record.get("conversation"), "conversation")
-    messages: Messages = []
+    turns = as_list(record.get("conversation"), "conversation")
+    if len(turns) == 1 and isinstance(turns[0], dict) and turns[0].get("input") in ("", None) \
+            and "human" not in turns[0] and turns[0].get("system") in (None, "") and not record.get("system"):
+        return PretrainText(text_of(turns[0].get("output"), "conversation[0].output"))
+    messages = Conversation()
+    add_system(messages, record.get("system"), "system")
     for number, turn in enumerate(turns):
         where = f"conversation[{number}]"
         if not isinstance(turn, dict):
             raise BadSample(f"{where} is not an object with input/output.")
-        _add_system(messages, turn.get("system"), f"{where}.system")
+        if "human" in turn and "input" not in turn:  # ms-swift's sharegpt-like turns
+            turn = {"input": turn.get("human"), "output": turn.get("assistant")}
+        add_system(messages, turn.get("system"), f"{where}.system")
         question = turn.get("input")
         if isinstance(question, dict) and "conversation" in question:
             _nested_history(messages, question, f"{where}.input")
         else:
-            messages.append({"role": "user", "content": _text(question, f"{where}.input")})
-        messages.append({"role": "assistant", "content": _text(turn.get("output"), f"{where}.output")})
+            messages.append({"role": "user", "content": text_of(question, f"{where}.input")})
+        messages.append({"role": "assistant", "content": text_of(turn.get("output"), f"{where}.output")})
     return messages
 
 
-def _nested_history(messages: Messages, inner: dict, where: str) -> None:
-    turns = _list(inner.get("conversation"), f"{where}.conversation")
+def _nested_history(messages: Conversation, inner: dict, where: str) -> None:
+    turns = as_list(inner.get("conversation"), f"{where}.conversation")
     for number, turn in enumerate(turns):
         at = f"{where}.conversation[{number}]"
         if not isinstance(turn, dict):
             raise BadSample(f"{at} is not an object with input/output.")
-        _add_system(messages, turn.get("system"), f"{at}.system")
-        messages.append({"role": "user", "content": _text(turn.get("input"), f"{at}.input")})
+        add_system(messages, turn.get("system"), f"{at}.system")
+        messages.append({"role": "user", "content": text_of(turn.get("input"), f"{at}.input")})
         if turn.get("output") not in (None, ""):
-            messages.append({"role": "assistant", "content": _text(turn.get("output"), f"{at}.output")})
+            messages.append({"role": "assistant", "content": text_of(turn.get("output"), f"{at}.output")})
 
 
-def _add_system(messages: Messages, system: Any, where: str) -> None:
-    """A system prompt once; XTuner data often repeats the same one on inner turns."""
-    if system in (None, ""):
-        return
-    text = _text(system, where)
-    if not any(m["role"] == "system" and m["content"] == text for m in messages):
-        messages.append({"role": "system", "content": text})
-
-
-def alpaca_to_messages(record: dict) -> Messages:
-    """alpaca: instruction, input, output; optional system and history [[q, a], ...]."""
-    messages: Messages = []
-    _add_system(messages, record.get("system"), "system")
-    for number, pair in enumerate(_list(record.get("history") or [], "history", allow_empty=True)):
+def alpaca_to_messages(record: dict, prompt: str = "instruction", query: str = "input", response: str = "output",
+                       system: str = "system", history: str = "history", tools: str = "tools") -> Conversation:
+    """alpaca: instruction, input, output; optional system, history [[q, a], ...] and tools
+    (LLaMA-Factory's). The keyword names are the columns, for a source's column mapping."""
+    messages = Conversation()
+    messages.tools = tools_of(record.get(tools), tools)
+    add_system(messages, record.get(system), system)
+    for number, pair in enumerate(as_list(record.get(history) or [], history, allow_empty=True)):
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
-            raise BadSample(f"history[{number}] must be a [question, answer] pair.")
-        messages.append({"role": "user", "content": _text(pair[0], f"history[{number}][0]")})
-        messages.append({"role": "assistant", "content": _text(pair[1], f"history[{number}][1]")})
-    instruction = _text(record.get("instruction"), "instruction")
-    extra = record.get("input")
+            raise BadSample(f"{history}[{number}] must be a [question, answer] pair.")
+        messages.append({"role": "user", "content": text_of(pair[0], f"{history}[{number}][0]")})
+        messages.append({"role": "assistant", "content": text_of(pair[1], f"{history}[{number}][1]")})
+    instruction = text_of(record.get(prompt), prompt)
+    extra = record.get(query)
     if extra not in (None, ""):
-        instruction = f"{instruction}\n{_text(extra, 'input')}"  # LLaMA-Factory joins them the same way
+        instruction = f"{instruction}\n{text_of(extra, query)}"  # LLaMA-Factory joins them the same way
     messages.append({"role": "user", "content": instruction})
-    messages.append({"role": "assistant", "content": _text(record.get("output"), "output")})
+    messages.append({"role": "assistant", "content": text_of(record.get(response), response)})
     return messages
+
+
+SWIFT_QUERY = ("query", "prompt", "question", "problem")  # the names ms-swift reads as the query
+
+
+def swift_to_messages(record: dict) -> Conversation | PretrainText:
+    """ms-swift's query/response: {"system"?, "query", "response", "history"?: [[q, a]]}
+    (the query may be named prompt, question or problem, as ms-swift allows); a record
+    with a response and no query, history or system is pretraining text (ms-swift's
+    pretraining shape)."""
+    query = next((name for name in SWIFT_QUERY if record.get(name) is not None), None)
+    if query is None and not record.get("history") and record.get("system") in (None, ""):
+        return PretrainText(text_of(record.get("response"), "response"))
+    return alpaca_to_messages(record, prompt=query or "query", query="", response="response")
+
+
+def text_to_messages(record: dict) -> PretrainText:
+    """Pretraining text: {"text": ...} (LLaMA-Factory's pretraining sets, c4, wiki)."""
+    return PretrainText(text_of(record.get("text"), "text"))
 
 
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-                  "chatgpt": "assistant", "system": "system"}
+                  "chatgpt": "assistant", "system": "system", "function_call": "function_call",
+                  "observation": "tool", "tool": "tool"}
 
 
-def sharegpt_to_messages(record: dict) -> Messages:
-    """ShareGPT: {"conversations": [{"from": human|gpt|system, "value": ...}], "system"?}."""
-    messages: Messages = []
-    _add_system(messages, record.get("system"), "system")
-    for number, turn in enumerate(_list(record.get("conversations"), "conversations")):
-        where = f"conversations[{number}]"
+def sharegpt_to_messages(record: dict, messages_column: str = "conversations", role_tag: str = "from",
+                         content_tag: str = "value", roles: dict[str, str] | None = None,
+                         system: str = "system", tools: str = "tools") -> Conversation:
+    """ShareGPT: {"conversations": [{"from": human|gpt|system|function_call|observation,
+    "value": ...}], "system"?, "tools"?}. A function_call turn is an assistant tool call
+    (its value {"name", "arguments"}, or a list of them); an observation is a tool
+    result. The keyword names are the columns and tags, for a source's column mapping."""
+    roles = roles or SHAREGPT_ROLES
+    messages = Conversation()
+    messages.tools = tools_of(record.get(tools), tools)
+    add_system(messages, record.get(system), system)
+    for number, turn in enumerate(as_list(record.get(messages_column), messages_column)):
+        where = f"{messages_column}[{number}]"
         if not isinstance(turn, dict):
-            raise BadSample(f"{where} is not an object with from/value.")
-        speaker = turn.get("from", turn.get("role"))
-        role = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
+            raise BadSample(f"{where} is not an object with {role_tag}/{content_tag}.")
+        speaker = turn.get(role_tag, turn.get("role"))
+        role = roles.get(speaker) if isinstance(speaker, str) else None
         if role is None:
-            raise BadSample(f"{where}.from: unknown role {speaker!r}. Use one of: {', '.join(SHAREGPT_ROLES)}.")
-        messages.append({"role": role, "content": _text(turn.get("value", turn.get("content")), f"{where}.value")})
+            raise BadSample(f"{where}.{role_tag}: unknown role {speaker!r}. Use one of: {', '.join(roles)}.",
+                            reason="unknown role")
+        value = turn.get(content_tag, turn.get("content"))
+        if role == "function_call":
+            calls = value if isinstance(value, list) else [value]
+            messages.append({"role": "assistant", "content": "",
+                             "tool_calls": [call_of(c, f"{where}.{content_tag}") for c in calls]})
+        else:
+            messages.append({"role": role, "content": text_of(value, f"{where}.{content_tag}")})
+        if len(turn) > 2 and loss_flag(turn, messages[-1]["role"], where) is False:  # a per-turn weight
+            messages[-1]["train"] = False
     return messages
 
 
-OPENAI_ROLES = ("system", "user", "assistant")
+OPENAI_ROLES = frozenset(("system", "user", "assistant", "tool"))
+ROLE_ALIASES = {"developer": "system", "function": "tool", "tool_response": "tool", "observation": "tool"}
 
 
-def openai_to_messages(record: dict) -> Messages:
-    """OpenAI chat: {"messages": [{"role": system|user|assistant, "content": ...}]}."""
-    messages: Messages = []
-    for number, message in enumerate(_list(record.get("messages"), "messages")):
+def openai_to_messages(record: dict) -> Conversation | PretrainText:
+    """OpenAI chat (and ms-swift's and LLaMA-Factory's messages): {"messages": [{"role",
+    "content", "tool_calls"?, "reasoning_content"?, "weight"? | "loss"? | "loss_weight"?}],
+    "tools"?}. ms-swift's role tool_call is an assistant tool call; XTuner's single
+    `pretrain` message is pretraining text."""
+    items = as_list(record.get("messages"), "messages")
+    if len(items) == 1 and isinstance(items[0], dict) and items[0].get("role") == "pretrain":
+        return PretrainText(text_of(items[0].get("content"), "messages[0].content"))
+    messages = Conversation()
+    messages.tools = tools_of(record.get("tools", record.get("functions")), "tools")
+    for number, message in enumerate(items):
         where = f"messages[{number}]"
         if not isinstance(message, dict):
             raise BadSample(f"{where} is not an object with role/content.")
-        role = message.get("role")
+        role = ROLE_ALIASES.get(message.get("role"), message.get("role"))
+        if role == "tool_call":  # ms-swift: consecutive tool_call messages are one assistant turn
+            call = call_of(message.get("content"), f"{where}.content")
+            if messages and messages[-1]["role"] == "assistant" and messages[-1].get("tool_calls") \
+                    and not messages[-1]["content"]:
+                messages[-1]["tool_calls"].append(call)
+            else:
+                messages.append({"role": "assistant", "content": "", "tool_calls": [call]})
+                if loss_flag(message, "assistant", where) is False:  # the first call's flag counts, as in ms-swift
+                    messages[-1]["train"] = False
+            continue
         if role not in OPENAI_ROLES:
-            raise BadSample(f"{where}.role: unknown role {role!r}. Use one of: {', '.join(OPENAI_ROLES)}.")
-        messages.append({"role": role, "content": _content(message.get("content"), f"{where}.content")})
+            raise BadSample(f"{where}.role: unknown role {role!r}. Use one of: {', '.join(OPENAI_ROLES)}.",
+                            reason="unknown role")
+        calls = tool_calls(message, where)
+        content = message.get("content")
+        if content is None and calls:
+            text, reasoning, more = "", "", []
+        else:
+            text, reasoning, more = message_parts(content, f"{where}.content")
+        out = {"role": role, "content": text}
+        if calls or more:
+            out["tool_calls"] = calls + more
+        reasoning = message.get("reasoning_content") or reasoning
+        if reasoning:
+            out["reasoning_content"] = text_of(reasoning, f"{where}.reasoning_content")
+        for key in ("name", "tool_call_id"):
+            if message.get(key) is not None:
+                out[key] = message[key]
+        if loss_flag(message, role, where) is False:
+            out["train"] = False
+        messages.append(out)
     return messages
-
-
-def _content(value: Any, where: str) -> str:
-    """OpenAI content: a string, or a list of {"type": "text", "text": ...} parts."""
-    if isinstance(value, list):
-        parts = []
-        for number, part in enumerate(value):
-            if not (isinstance(part, dict) and part.get("type") == "text"):
-                raise BadSample(f"{where}[{number}] is not a text part; portaft trains on text only.")
-            parts.append(_text(part.get("text"), f"{where}[{number}].text"))
-        return "".join(parts)
-    return _text(value, where)
-
-
-def _list(value: Any, where: str, allow_empty: bool = False) -> list:
-    if isinstance(value, str) and value.lstrip().startswith("["):
-        try:  # CSV and some parquet files store nested lists as JSON text
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise BadSample(f"{where} holds text that is not valid JSON ({exc}).") from None
-    if not isinstance(value, list) or (not value and not allow_empty):
-        raise BadSample(f"`{where}` must be a non-empty list. Fix or remove this sample.")
-    return value
-
-
-def _text(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        kind = "missing" if value is None else f"of type {type(value).__name__}, not text"
-        raise BadSample(f"{where} is {kind}. Every turn needs text here.")
-    return value
 
 
 @hookimpl
@@ -188,3 +273,5 @@ def register_formats(register):
     register("sharegpt", sharegpt_to_messages, keys=("conversations",))
     register("openai", openai_to_messages, keys=("messages",))
     register("alpaca", alpaca_to_messages, keys=("instruction", "output"))
+    register("swift", swift_to_messages, keys=("response",))
+    register("text", text_to_messages, keys=("text",))

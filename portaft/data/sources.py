@@ -1,8 +1,10 @@
 """Finding and reading the files of a data source, and naming where each record came from.
 
-A source's `path` is a file, a directory (every supported file under it) or a glob.
+A source's `path` is a file, a directory (every supported file under it, except
+dataset_info.json, which describes data rather than being data) or a glob.
 Each file is read on its own with `datasets` (cached by datasets as usual), so a
-record's file and line (JSONL) or row (JSON array, parquet, CSV) are always known.
+record's file and line (JSONL, JSON) or row (parquet, CSV) are always known. A .jsonl
+that holds one pretty-printed JSON array or object is read as JSON, with a note.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Any
 
 from portaft.errors import UserError
 
+from .problems import Problem
+
 BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+NOT_DATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json"}  # what describes data
 
 
 @contextlib.contextmanager
@@ -63,7 +68,7 @@ def source_files(path: str) -> list[Path]:
         where = f"{path} is"
     else:
         raise UserError(f"file not found: {path} (relative paths start at {Path.cwd()}).")
-    readable = [f for f in files if f.suffix.lower() in BUILDERS]
+    readable = [f for f in files if f.suffix.lower() in BUILDERS and (len(files) == 1 or f.name not in NOT_DATA)]
     if not readable:
         raise UserError(
             f"{where} no file portaft reads ({', '.join(BUILDERS)}). Convert the data or fix the path."
@@ -86,25 +91,28 @@ def records_of(batch: dict[str, list]) -> list[dict]:
 class SourceFile:
     path: Path
     rows: Any  # datasets.Dataset of the readable records; None when there are none
-    bad_lines: list[str] = field(default_factory=list)  # located messages for unreadable lines
+    bad_lines: list[Problem] = field(default_factory=list)  # unreadable lines, located
     _positions: list[int] | None = None  # line (JSONL) or sample number (JSON array) of each row
+    notes: list[str] = field(default_factory=list)  # how the file was read, when not as its name says
 
     @functools.cached_property
     def is_jsonl(self) -> bool:
-        return self.path.suffix.lower() == ".jsonl" or (
-            self.path.suffix.lower() == ".json" and not _starts_with_bracket(self.path))
+        return self.path.suffix.lower() in (".json", ".jsonl") and not _is_json_document(self.path)
 
     def first_record(self) -> dict:
         return records_of(self.rows[:1])[0]
 
     def where(self, row: int) -> str:
-        """'file:LINE' for JSONL, 'file: sample N' for JSON arrays, 'file: row N' for tables."""
+        """'file:LINE' for JSONL, 'file:LINE (sample N)' for JSON arrays (the line where the
+        sample starts), 'file: row N' for tables."""
         if self.is_jsonl:
             if self._positions is None:
                 self._positions = _record_lines(self.path)
             return f"{self.path}:{self._positions[row]}"
-        kind = "sample" if self.path.suffix.lower() == ".json" else "row"
-        return f"{self.path}: {kind} {self._positions[row] if self._positions else row + 1}"
+        number = self._positions[row] if self._positions else row + 1
+        if self.path.suffix.lower() in (".json", ".jsonl"):
+            return f"{self.path}:{_sample_lines(self.path)[number - 1]} (sample {number})"
+        return f"{self.path}: row {number}"
 
 
 def read_file(path: Path) -> SourceFile:
@@ -114,16 +122,20 @@ def read_file(path: Path) -> SourceFile:
     from datasets import load_dataset
 
     builder = BUILDERS[path.suffix.lower()]
+    notes = []
+    if path.suffix.lower() == ".jsonl" and _is_json_document(path):
+        notes.append(f"{path}: holds one JSON document (pretty-printed JSON), not one record a line; "
+                     "read as JSON, line numbers are the lines where each sample starts")
     try:
         with quiet_datasets():
-            return SourceFile(path, load_dataset(builder, data_files=str(path), split="train"))
+            return SourceFile(path, load_dataset(builder, data_files=str(path), split="train"), notes=notes)
     except Exception as exc:  # datasets wraps parser errors in several types
         if builder != "json":
             reason = str(exc.__cause__ or exc).rstrip(".")
             raise UserError(f"{path}: cannot be read as {builder}: {reason}. Fix or re-export the file.") from None
-    if _starts_with_bracket(path):
-        return _read_json_array(path)
-    return _read_jsonl_line_by_line(path)
+    read = _read_json_array(path) if _is_json_document(path) else _read_jsonl_line_by_line(path)
+    read.notes = notes
+    return read
 
 
 def _read_json_array(path: Path) -> SourceFile:
@@ -140,7 +152,9 @@ def _read_json_array(path: Path) -> SourceFile:
             good.append(json.dumps(value, ensure_ascii=False))
             numbers.append(number)
         else:
-            bad.append(f"{path}: sample {number}: a JSON {type(value).__name__}, not an object with the sample's fields.")
+            bad.append(Problem(f"{path}:{_sample_lines(path)[number - 1]} (sample {number})",
+                               f"a JSON {type(value).__name__}, not an object with the sample's fields.",
+                               "not a JSON object"))
     return SourceFile(path, _raw_rows(good), bad_lines=bad, _positions=numbers)
 
 
@@ -153,10 +167,18 @@ def _read_jsonl_line_by_line(path: Path) -> SourceFile:
             try:
                 value = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                bad.append(f"{path}:{number}: not valid JSON ({exc.msg}, column {exc.colno}).")
+                bad.append(Problem(f"{path}:{number}", f"not valid JSON ({exc.msg}, column {exc.colno}).",
+                                   "not valid JSON"))
+                continue
+            if isinstance(value, list):
+                bad.append(Problem(f"{path}:{number}", "a JSON list; each line must be one JSON object (a record)"
+                                   + (', e.g. {"messages": [...]} around a list of messages.'
+                                      if value and isinstance(value[0], dict) and "role" in value[0] else "."),
+                                   "a list, not a record"))
                 continue
             if not isinstance(value, dict):
-                bad.append(f"{path}:{number}: a JSON {type(value).__name__}, not an object with the sample's fields.")
+                bad.append(Problem(f"{path}:{number}", f"a JSON {type(value).__name__}, not an object with the "
+                                   "sample's fields.", "not a JSON object"))
                 continue
             good.append(line.rstrip("\r\n"))
             good_lines.append(number)
@@ -169,10 +191,51 @@ def _raw_rows(texts: list[str]) -> Any:
     return Dataset.from_dict({RAW: texts}) if texts else None
 
 
-def _starts_with_bracket(path: Path) -> bool:
+@functools.lru_cache(maxsize=256)
+def _is_json_document(path: Path) -> bool:
+    """A JSON array, or one object spread over several lines (pretty-printed), rather than
+    JSON Lines: a .json file that starts with '['; any file whose first line alone is not
+    a whole JSON value while the whole file is one."""
     with open(path, "rb") as handle:
         head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
-    return head.startswith(b"[")
+        if path.suffix.lower() == ".json" and head.startswith(b"["):
+            return True
+        if not head.startswith((b"[", b"{")):
+            return False
+        handle.seek(0)
+        first = handle.readline().strip().lstrip(b"\xef\xbb\xbf")
+    try:
+        json.loads(first)
+        return False
+    except ValueError:
+        pass
+    try:
+        json.loads(path.read_bytes())
+        return True
+    except ValueError:
+        return False
+
+
+@functools.lru_cache(maxsize=8)
+def _sample_lines(path: Path) -> list[int]:
+    """The 1-based line where each sample of a JSON array (or the one object) starts,
+    found with the json module's own scanner from value to value."""
+    text = path.read_text(encoding="utf-8-sig")
+    decoder = json.JSONDecoder()
+    position = len(text) - len(text.lstrip())
+    if not text.startswith("[", position):
+        return [text.count("\n", 0, position) + 1]
+    lines, line, counted = [], 1, 0
+    position += 1
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text) or text[position] == "]":
+            return lines
+        line += text.count("\n", counted, position)
+        counted = position
+        lines.append(line)
+        position = decoder.raw_decode(text, position)[1]
 
 
 def _record_lines(path: Path) -> list[int]:

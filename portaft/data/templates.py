@@ -9,6 +9,7 @@ module per model family.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable
 
@@ -65,7 +66,7 @@ class TemplateError(ValueError):
 
 
 def trained_spans(render: Callable[..., str], messages: list[dict], train_on: str,
-                  shape: tuple[str, str] | None = None) -> tuple[str, list[tuple[int, int]]]:
+                  shape: tuple[str, str] | None = None, tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans the loss trains.
 
     A reply's span runs from the end of the generation prompt before it to the end of
@@ -78,12 +79,29 @@ def trained_spans(render: Callable[..., str], messages: list[dict], train_on: st
     conversation up to the reply gives; otherwise (a template that trims or rewrites
     replies) it renders.
     """
+    if tools:
+        render = functools.partial(render, tools=tools)
     text = render(messages)
     if train_on == "all":
         return text, [(0, len(text))]
     replies = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
     if train_on == "last_assistant":
         replies = replies[-1:]
+    untrained = getattr(messages, "untrained", ())  # replies a per-message flag leaves untrained
+    if untrained:
+        replies = [i for i in replies if i not in untrained]
+    try:
+        spans = _spans_by_prefix(render, messages, replies, text, shape)
+    except TemplateError:
+        if shape is None or len(shape) < 3 or dropped_system(text, messages):
+            raise  # a system prompt the template leaves out is never trained around
+        spans = _spans_by_markers(text, messages, replies, shape)
+    check_reasoning_rendered(text, messages)
+    return text, spans
+
+
+def _spans_by_prefix(render: Callable[..., str], messages: list[dict], replies: list[int], text: str,
+                     shape: tuple[str, ...] | None) -> list[tuple[int, int]]:
     spans = []
     for index in replies:
         before = render(messages[:index], add_generation_prompt=True)
@@ -101,8 +119,31 @@ def trained_spans(render: Callable[..., str], messages: list[dict], train_on: st
                 continue
             end = len(through)
         spans.append((len(before), end))
-    check_reasoning_rendered(text, messages)
-    return text, spans
+    return spans
+
+
+def _spans_by_markers(text: str, messages: list[dict], replies: list[int], shape: tuple[str, ...]
+                      ) -> list[tuple[int, int]]:
+    """Replies found in the text itself, for templates that show an earlier turn differently
+    once a later user turn follows (Qwen3's official template drops an earlier reply's
+    <think> block: the model sees earlier turns that way at inference, so that is what
+    is trained). Each assistant message, in order, starts after the template's
+    generation prompt and ends with its end-of-turn text; refused unless there are
+    exactly as many generation prompts as assistant messages and each reply's text
+    lies in its span."""
+    prompt, ending = shape[2], shape[1]
+    assistants = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+    if not prompt.strip() or not ending.strip() or text.count(prompt) != len(assistants):
+        raise TemplateError(RERENDERS)
+    spans, position = {}, 0
+    for index in assistants:
+        start = text.index(prompt, position) + len(prompt)
+        end = text.find(ending, start)
+        if end < 0 or messages[index]["content"] not in text[start:end]:
+            raise TemplateError(RERENDERS)
+        position = end + len(ending)
+        spans[index] = (start, position)
+    return [spans[i] for i in replies]
 
 
 RERENDERS = ("the chat template renders earlier turns differently once later turns follow, so the "
@@ -189,17 +230,19 @@ def check_reasoning_rendered(text: str, messages: list[dict]) -> None:
                 "user message, so split a multi-turn conversation into one sample per reasoning reply.")
 
 
-def reply_shape(render: Callable[..., str]) -> tuple[str, str] | None:
-    """(gap, ending): what a template writes between the generation prompt and a reply's
-    text, and after it, when the reply ends the conversation; None when the template
-    does not write the reply's text unchanged."""
+def reply_shape(render: Callable[..., str]) -> tuple[str, str, str] | None:
+    """(gap, ending, prompt): what a template writes between the generation prompt and a
+    reply's text, and after it, when the reply ends the conversation, and the generation
+    prompt itself; None when the template does not write the reply's text unchanged."""
     probe = "portaft-probe-reply"
     before = render([{"role": "user", "content": "hi"}], add_generation_prompt=True)
     through = render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": probe}])
     position = through.find(probe, len(before))
     if not through.startswith(before) or position < 0:
         return None
-    return through[len(before):position], through[position + len(probe):]
+    asked = render([{"role": "user", "content": "hi"}])
+    prompt = before[len(asked):] if before.startswith(asked) else ""
+    return through[len(before):position], through[position + len(probe):], prompt
 
 
 def reply_ending(render: Callable[..., str]) -> str:
@@ -221,7 +264,7 @@ def check_template(render: Callable[..., str], name: str, tokenizer: Any) -> str
     probe = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
              {"role": "user", "content": "bye"}, {"role": "assistant", "content": "goodbye"}]
     try:
-        trained_spans(render, probe, "assistant")
+        trained_spans(render, probe, "assistant", reply_shape(render))
     except TemplateError as exc:
         raise UserError(f"template {name!r}: {exc}") from None
     ending = reply_ending(render)
@@ -245,3 +288,34 @@ def stop_token_ids(tokenizer: Any, template: str) -> list[int]:
     if len(encoded) == 1 and encoded[0] not in ids:
         ids.append(encoded[0])
     return ids
+
+
+PROBE_TOOLS = [{"type": "function", "function": {
+    "name": "portaft_probe_tool", "description": "a probe",
+    "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}]
+PROBE_CALL = [{"role": "user", "content": "hi"},
+              {"role": "assistant", "content": "", "tool_calls": [
+                  {"type": "function", "function": {"name": "portaft_probe_call", "arguments": {"x": 1}}}]},
+              {"role": "tool", "content": "portaft-probe-result"},
+              {"role": "assistant", "content": "done"}]
+PROBE_THOUGHT = [{"role": "user", "content": "hi"},
+                 {"role": "assistant", "content": "hello", "reasoning_content": "portaft-probe-thought"}]
+
+
+def template_abilities(render: Callable[..., str]) -> frozenset:
+    """What a template renders beyond text turns, found by rendering probe conversations:
+    "tools" when the tool list, a call's name and a tool result all appear, "reasoning"
+    when an assistant message's reasoning_content does. Works for any Jinja template."""
+    abilities = set()
+    try:
+        text = render(PROBE_CALL, tools=PROBE_TOOLS)
+        if all(word in text for word in ("portaft_probe_tool", "portaft_probe_call", "portaft-probe-result")):
+            abilities.add("tools")
+    except Exception:  # a template that raises on tool roles has no tool support
+        pass
+    try:
+        if "portaft-probe-thought" in render(PROBE_THOUGHT):
+            abilities.add("reasoning")
+    except Exception:
+        pass
+    return frozenset(abilities)

@@ -40,10 +40,15 @@ def register_formats(register):
 
     :param register: call ``register(name, to_messages, keys=(...))``.
         ``to_messages(record)`` turns one record (a dict of the file's fields) into a
-        list of ``{"role": "system" | "user" | "assistant", "content": str}`` and raises
-        ``ValueError`` (or ``portaft.BadSample``) whose message names the bad field;
-        portaft adds the file and line. ``keys``: auto-detection picks this format
-        when a record has all of these keys. Recipes pick it with ``format: NAME``.
+        list of ``{"role": "system" | "user" | "assistant" | "tool", "content": str}``
+        (an assistant message may carry OpenAI ``tool_calls`` and ``reasoning_content``,
+        ``"train": False`` leaves it untrained; a ``portaft.data.formats.Conversation``
+        also carries the record's ``tools``), or a ``portaft.data.formats.PretrainText``
+        for pretraining text, and raises ``ValueError`` (``portaft.data.BadSample``)
+        whose message names the bad field; portaft adds the file and line. Records of a
+        kind portaft does not train (preference pairs, KTO labels, images) are refused
+        before the format sees them. ``keys``: auto-detection picks this format when a
+        record has all of these keys. Recipes pick it with ``format: NAME``.
     """
 
 

@@ -31,15 +31,51 @@ class ModelSection(_Section):
 class DataSource(_Section):
     path: str = Field(description="A .json/.jsonl/.parquet/.csv file, a folder of them, or a glob.")
     format: str = Field(
-        "auto", description="auto = detect from the records' keys; or xtuner, alpaca, sharegpt, openai, a plugin's."
+        "auto", description="auto = detect from the records' keys; or xtuner, alpaca, sharegpt, openai, swift, "
+        "text, a plugin's."
     )
     weight: float | None = Field(None, gt=0, description="Use round(weight x size) samples of this source.")
     samples: int | None = Field(None, gt=0, description="Use exactly this many samples of this source.")
+    formatting: Literal["alpaca", "sharegpt"] | None = Field(
+        None, description="Column mapping as in LLaMA-Factory's dataset_info.json: alpaca or sharegpt "
+        "(replaces format).")
+    columns: dict[str, str] | None = Field(
+        None, description="dataset_info.json `columns`: portaft's name -> your column (prompt, query, response, "
+        "system, history, messages, tools, chosen, rejected, kto_tag, images, ...).")
+    tags: dict[str, str] | None = Field(
+        None, description="dataset_info.json `tags` of sharegpt data: role_tag, content_tag, user_tag, assistant_tag, "
+        "system_tag, observation_tag, function_tag.")
+    ranking: bool = Field(False, description="dataset_info.json `ranking`: true marks preference (DPO) data.")
+    dataset_info: str | None = Field(
+        None, description="A LLaMA-Factory dataset_info.json; with `name`, its entry gives path, formatting, "
+        "columns, tags.")
+    name: str | None = Field(None, description="The dataset_info.json entry to read.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_dataset_info(cls, data: Any) -> Any:
+        """{dataset_info: FILE, name: ENTRY}: the entry's file (relative to FILE's folder) and
+        settings; what the source itself says wins."""
+        if isinstance(data, dict) and data.get("dataset_info") is not None:
+            from portaft.data.dataset_info import entry_settings
+
+            if "path" in data:
+                raise ValueError("give either path or dataset_info + name, not both")
+            data = {**entry_settings(data["dataset_info"], data.get("name")), **data}
+        return data
 
     @model_validator(mode="after")
     def _one_amount(self) -> "DataSource":
         if self.weight is not None and self.samples is not None:
             raise ValueError("set either weight or samples for a source, not both")
+        if self.formatting is None and (self.columns or self.tags):
+            raise ValueError("columns and tags need formatting: alpaca or sharegpt")
+        if self.formatting is not None:
+            from portaft.data.dataset_info import mapping_problems
+
+            problems = mapping_problems(self.formatting, self.columns or {}, self.tags or {})
+            if problems:
+                raise ValueError(" ".join(problems))
         return self
 
 

@@ -20,7 +20,10 @@ def read_data(resolved: Any, world: Any, notes: Notes) -> tuple[Any, data.Built]
         built = data.build(recipe, tokenizer, resolved.plugins)
     for report in built.reports:
         notes.say(data.describe(report, recipe.max_length))
-    for line in built.warnings[:1 + data.SHOWN_PROBLEMS]:
+    notes.add(*built.notes)
+    for line in built.warnings:
         notes.say(f"warning: {line}")
+    if built.skipped and world.first:  # every skipped record, where and why
+        data.write_skipped(built.skipped, world.output_dir)
     tokenizer.chat_template = built.template
     return tokenizer, built

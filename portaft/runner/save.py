@@ -49,7 +49,7 @@ def save(resolved: Any, world: Any, tokenizer: Any, built: Any, trained: Any, no
             "resumed_from": str(world.start.checkpoint) if world.start.checkpoint else None,
             "notes": result.notes,
             "data": data.report_rows(built.reports),
-            "skipped": built.warnings[1:],
+            "skipped": [str(problem) for problem in built.skipped],
             "metrics": result.metrics,
             "peak_memory_gib": peak_device_memory_gib(world.args.device),
             "plan": trained.plan,

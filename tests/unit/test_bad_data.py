@@ -67,7 +67,10 @@ def test_skipping_bad_samples_counts_and_lists_them(bad_recipe, tokenizer, write
     assert len(built.dataset) == 2
     report = built.reports[0]
     assert (report.records, report.bad, report.samples) == (2 + len(BAD_LINES), len(BAD_LINES), 2)
-    assert built.warnings[0] == f"skipped {len(BAD_LINES)} bad record(s):" and len(built.warnings) == 1 + len(BAD_LINES)
+    assert built.warnings[0] == (f"skipped {len(BAD_LINES)} of {2 + len(BAD_LINES)} records: 1 not valid JSON, "
+                                 "1 missing text, 1 empty conversation, 1 text of another type, 1 unknown role, "
+                                 "1 no assistant reply")
+    assert len(built.warnings) == 1 + len(BAD_LINES) and len(built.skipped) == len(BAD_LINES)
     assert main(["validate", str(write_recipe(bad_recipe)), "--skip-bad-samples"]) == 0
     assert f"{2 + len(BAD_LINES)} records, {len(BAD_LINES)} bad (will be skipped)" in capsys.readouterr().out
 
