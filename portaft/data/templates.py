@@ -92,10 +92,13 @@ def trained_spans(render: Callable[..., str], messages: list[dict], train_on: st
         replies = [i for i in replies if i not in untrained]
     try:
         spans = _spans_by_prefix(render, messages, replies, text, shape)
-    except TemplateError:
+    except TemplateError as first:
         if shape is None or len(shape) < 3 or dropped_system(text, messages):
             raise  # a system prompt the template leaves out is never trained around
-        spans = _spans_by_markers(text, messages, replies, shape)
+        try:
+            spans = _spans_by_markers(text, messages, replies, shape)
+        except TemplateError:
+            raise first from None  # the first says more about why
     check_reasoning_rendered(text, messages)
     return text, spans
 
