@@ -81,7 +81,7 @@ def write_tokenizer(writer: Any, folder: Path, tokenizer: Any, vocab_size: int, 
 
     special = gguf.SpecialVocab(folder, load_merges=model == "gpt2", n_vocab=len(tokens))
     probe = tokenizer("a")["input_ids"]
-    add_bos = tokenizer.bos_token_id is not None and probe[:1] == [tokenizer.bos_token_id]
+    add_bos = adds_bos(tokenizer, template)
     special.add_special_token.update(bos=add_bos, eos=tokenizer.eos_token_id is not None
                                      and probe[-1:] == [tokenizer.eos_token_id])
     for kind in ("bos", "eos", "pad", "unk"):  # the tokenizer the run saved is the authority
@@ -96,6 +96,20 @@ def write_tokenizer(writer: Any, folder: Path, tokenizer: Any, vocab_size: int, 
         raise UserError(f"{folder}: tokenizer.json holds no BPE merges; cannot write a byte-level BPE vocabulary.")
     special.add_to_gguf(writer, quiet=True)
     return TokenizerMeta(model, pre, len(tokens), add_bos, dict(special.special_token_ids))
+
+
+def adds_bos(tokenizer: Any, template: str | None) -> bool:
+    """Whether llama.cpp should put bos before a prompt. With a chat template: exactly when the
+    template begins a conversation with it, as in training (portaft tokenizes the rendered text
+    without adding special tokens). Without one: when the tokenizer itself adds it."""
+    bos = tokenizer.bos_token
+    if bos is None or tokenizer.bos_token_id is None:
+        return False
+    if template is not None:
+        from portaft.data.templates import render
+
+        return render(tokenizer, template, [{"role": "user", "content": "hi"}], add_generation_prompt=True).startswith(bos)
+    return tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
 
 
 def _bpe_vocab(tokenizer: Any, vocab_size: int) -> tuple[list[str], list[int]]:
