@@ -130,12 +130,30 @@ def write_data(writer: Any, folder: Path, layout: Layout, shapes: Shapes, planne
         item = next(order)
         if item.name != name or tuple(tensor.shape) != item.shape:  # the two passes must agree
             raise RuntimeError(f"export: planned {item.name} {item.shape}, got {name} {tuple(tensor.shape)}")
-        data = tensor.float().numpy()
-        if item.qtype == gguf.GGMLQuantizationType.F16:
-            data = data.astype("float16")
-        elif item.qtype != gguf.GGMLQuantizationType.F32:
-            data = gguf.quants.quantize(data, item.qtype)
+        data = encode(tensor, item.qtype)
         writer.write_tensor_data(data)
         del data, tensor
         if progress is not None:
             progress(item)
+
+
+CHUNK_ROWS = 4096  # rows converted at a time: a 7B model's embedding would need ~8 GB of float32 temporaries at once
+
+
+def encode(tensor: Any, qtype: Any) -> Any:
+    """The tensor's bytes as GGUF stores them, converted a block of rows at a time, so the
+    float32 copies and quantization temporaries stay small next to the tensor itself."""
+    import gguf
+    import numpy as np
+
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return tensor.float().numpy()
+    rows = tensor.reshape(-1, tensor.shape[-1])
+    out = None
+    for start in range(0, rows.shape[0], CHUNK_ROWS):
+        part = rows[start:start + CHUNK_ROWS].float().numpy()
+        part = part.astype(np.float16) if qtype == gguf.GGMLQuantizationType.F16 else gguf.quants.quantize(part, qtype)
+        if out is None:
+            out = np.empty((rows.shape[0], part.shape[1]), dtype=part.dtype)
+        out[start:start + part.shape[0]] = part
+    return out
