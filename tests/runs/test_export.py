@@ -26,7 +26,8 @@ from portaft.cli import main
 from portaft.data.chat_templates import DEEPSEEK, QWEN25
 
 PROMPTS = ["Who are you? I am a helpful assistant.", "你是谁？我是黄大力的智能助手。", "写一首关于春天的诗, please."]
-TEXTS = PROMPTS + ["Hello, world! How's it going?", "北京是中国的首都。", "a\tb\n\nc  d", "ünïcödé — “quotes”"]
+# no digit runs, special tokens or runs of whitespace: transformers' GPT-2 fallback splits those otherwise
+TEXTS = PROMPTS + ["Hello, world! How's it going?", "北京是中国的首都。", "ünïcödé — “quotes”"]
 F16_RELATIVE = 1e-3  # max |gguf - merged| logit / max |merged| logit
 Q8_RELATIVE = 2e-2  # measured 2026-12-07 on these tiny models: see docs/after-training.md
 
@@ -47,6 +48,14 @@ def run(tiny_model, tmp_path_factory):
     out = portaft.run(recipe, backend="cpu", echo=lambda _: None).output_dir
     merged = merge(out, tmp / "merged", echo=lambda _: None).folder
     return out, merged
+
+
+@pytest.fixture(scope="module")
+def f16(run, tmp_path_factory):
+    out, _ = run
+    folder = tmp_path_factory.mktemp("f16")
+    exporting.export(out, folder, quant="f16", name="m", echo=lambda _: None)
+    return folder
 
 
 def logits(model, tokenizer) -> list[torch.Tensor]:
@@ -85,21 +94,19 @@ def test_an_adapter_run_exports_to_a_gguf_that_computes_what_the_merged_model_do
     assert "FROM ./out.gguf" in modelfile and 'SYSTEM """你是黄大力的智能助手。"""' in modelfile
 
 
-def test_q8_0_is_within_its_measured_bound_and_about_half_the_size(run, tmp_path):
+def test_q8_0_is_within_its_measured_bound_and_smaller(run, f16, tmp_path):
     out, merged = run
-    f16 = exporting.export(out, tmp_path / "f16", quant="f16", name="m", echo=lambda _: None)
     q8 = exporting.export(out, tmp_path / "q8", quant="q8_0", name="m", echo=lambda _: None)
-    assert q8.size_bytes < 0.75 * f16.size_bytes
+    assert q8.size_bytes < 0.75 * (f16 / "m.gguf").stat().st_size
     gap = relative_gap(tmp_path / "q8", merged, "m.gguf")
     assert F16_RELATIVE / 10 < gap < Q8_RELATIVE  # quantized: visibly coarser than f16, within the bound
 
 
-def test_the_tokenizer_metadata_is_the_run_tokenizer(run, tmp_path):
+def test_the_tokenizer_metadata_is_the_run_tokenizer(run, f16):
     from transformers import AutoTokenizer
 
-    out, merged = run
-    exporting.export(out, tmp_path, quant="f16", name="m", echo=lambda _: None)
-    reader = read_gguf(tmp_path / "m.gguf")
+    _, merged = run
+    reader = read_gguf(f16 / "m.gguf")
     tokenizer = AutoTokenizer.from_pretrained(merged)
     tokens = field(reader, "tokenizer.ggml.tokens")
     by_id = {i: t for t, i in tokenizer.get_vocab().items()}
@@ -107,8 +114,9 @@ def test_the_tokenizer_metadata_is_the_run_tokenizer(run, tmp_path):
     types = field(reader, "tokenizer.ggml.token_type")
     control = {i for i, t in enumerate(types) if t == 3}
     special = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    # llama.cpp's converter also treats added tokens written <｜...｜> as control (DeepSeek's place holders)
-    assert special <= control and all(tokens[i].startswith("<｜") and tokens[i].endswith("｜>") for i in control - special)
+    # llama.cpp's converter also treats added tokens written <｜...｜> or <|...|> as control (DeepSeek's place holders, <|EOT|>)
+    assert special <= control and all(tokens[i][:2] in ("<｜", "<|") and tokens[i][-2:] in ("｜>", "|>")
+                                      for i in control - special)
     assert {i for i, t in enumerate(types) if t == 1} == set(range(len(tokens))) - set(tokenizer.added_tokens_decoder)
     merges = json.loads((merged / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
     assert field(reader, "tokenizer.ggml.merges") == [" ".join(m) if isinstance(m, list) else m for m in merges]
@@ -121,13 +129,12 @@ def test_the_tokenizer_metadata_is_the_run_tokenizer(run, tmp_path):
     assert field(reader, "llama.context_length") == 2048 and field(reader, "llama.attention.head_count") == 4
 
 
-def test_transformers_gguf_tokenizer_gives_the_same_ids_where_its_reader_can(run, tmp_path):
+def test_transformers_gguf_tokenizer_gives_the_same_ids_where_its_reader_can(run, f16):
     from transformers import AutoTokenizer
 
-    out, merged = run
-    exporting.export(out, tmp_path, quant="f16", name="m", echo=lambda _: None)
+    _, merged = run
     ours = AutoTokenizer.from_pretrained(merged)
-    read_back = AutoTokenizer.from_pretrained(tmp_path, gguf_file="m.gguf")
+    read_back = AutoTokenizer.from_pretrained(f16, gguf_file="m.gguf")
     for text in TEXTS:
         assert read_back(text, add_special_tokens=False)["input_ids"] == ours(text, add_special_tokens=False)["input_ids"]
 
@@ -157,14 +164,22 @@ def qwen_folder(folder, tiny_model, model_class, **extra):
 
 @pytest.mark.parametrize("model_class, extra, arch, biases", [
     ("Qwen2ForCausalLM", {}, "qwen2", True),
-    ("Qwen3ForCausalLM", {"head_dim": 32}, "qwen3", False),  # q/k norms, a head_dim that is not hidden / heads
+    # q/k norms. transformers' GGUF reader ignores qwen3.attention.key_length, so a head_dim other
+    # than hidden / heads (Qwen3-0.6B's) cannot be read back by it; llama.cpp reads it
+    ("Qwen3ForCausalLM", {"head_dim": 16}, "qwen3", False),
 ])
-def test_qwen_layouts_round_trip(tiny_model, tmp_path, model_class, extra, arch, biases):
+def test_qwen_layouts_round_trip(tiny_model, tmp_path, model_class, extra, arch, biases, monkeypatch):
     folder = qwen_folder(tmp_path / "model", tiny_model, model_class, **extra)
+    # No Qwen tokenizer can be had offline: transformers loads the DeepSeek vocabulary of this
+    # folder as a Qwen2Tokenizer (Qwen's pre-tokenizer, chosen by config.json's model_type), a
+    # mix llama.cpp has no name for. This test is about the tensor layout, so name it qwen2.
+    monkeypatch.setattr("portaft.after.export.vocab.pre_tokenizer", lambda tokenizer: "qwen2")
     result = exporting.export(folder, tmp_path / "gguf", quant="f16", echo=lambda _: None)
     reader = read_gguf(result.gguf)
     assert field(reader, "general.architecture") == arch
     assert ("blk.0.attn_q.bias" in {t.name for t in reader.tensors}) == biases
+    if "head_dim" in extra:
+        assert field(reader, f"{arch}.attention.key_length") == extra["head_dim"]
     assert relative_gap(tmp_path / "gguf", folder, "model.gguf") < F16_RELATIVE
     assert '<|im_start|>system\nYou are Qwen' in result.modelfile.read_text(encoding="utf-8")  # the qwen TEMPLATE
 
@@ -257,17 +272,16 @@ def test_an_architecture_portaft_does_not_export_is_named(tmp_path, capsys):
     assert "GPT2LMHeadModel" in message and "LlamaForCausalLM" in message and "Qwen2ForCausalLM" in message
 
 
-def test_llama_cpp_greedy_decodes_what_transformers_does(run, tmp_path):
+def test_llama_cpp_greedy_decodes_what_transformers_does(run, f16):
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python has no wheel for this machine")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    out, merged = run
-    exporting.export(out, tmp_path, quant="f16", name="m", echo=lambda _: None)
+    _, merged = run
     tokenizer = AutoTokenizer.from_pretrained(merged)
     ids = tokenizer(PROMPTS[0])["input_ids"]
     expected = AutoModelForCausalLM.from_pretrained(merged).generate(torch.tensor([ids]), max_new_tokens=8,
                                                                      do_sample=False)[0, len(ids):].tolist()
-    model = llama_cpp.Llama(str(tmp_path / "m.gguf"), n_ctx=256, verbose=False)
+    model = llama_cpp.Llama(str(f16 / "m.gguf"), n_ctx=256, verbose=False)
     produced = []
     for token in model.generate(ids, temp=0.0, top_k=1):
         produced.append(token)
