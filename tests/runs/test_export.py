@@ -164,9 +164,9 @@ def qwen_folder(folder, tiny_model, model_class, **extra):
 
 @pytest.mark.parametrize("model_class, extra, arch, biases", [
     ("Qwen2ForCausalLM", {}, "qwen2", True),
-    # q/k norms. transformers' GGUF reader ignores qwen3.attention.key_length, so a head_dim other
-    # than hidden / heads (Qwen3-0.6B's) cannot be read back by it; llama.cpp reads it
-    ("Qwen3ForCausalLM", {"head_dim": 16}, "qwen3", False),
+    # q/k norms, and a head_dim other than hidden / heads (as Qwen3-0.6B's). transformers' GGUF
+    # reader does not read qwen3.attention.key_length and builds Qwen3Config's default head_dim, 128
+    ("Qwen3ForCausalLM", {"head_dim": 128}, "qwen3", False),
 ])
 def test_qwen_layouts_round_trip(tiny_model, tmp_path, model_class, extra, arch, biases, monkeypatch):
     folder = qwen_folder(tmp_path / "model", tiny_model, model_class, **extra)
