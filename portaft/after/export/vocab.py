@@ -141,8 +141,12 @@ def _looks_special(text: str) -> bool:
 
 def _sentencepiece_vocab(folder: Path, tokenizer: Any, vocab_size: int) -> tuple[list[bytes], list[float], list[int]]:
     import gguf
-    from sentencepiece import SentencePieceProcessor
 
+    try:
+        from sentencepiece import SentencePieceProcessor
+    except ImportError:
+        raise UserError(f"{folder / 'tokenizer.model'}: a SentencePiece tokenizer (Llama 2, InternLM2); reading it "
+                        "needs the sentencepiece package: pip install sentencepiece.") from None
     processor = SentencePieceProcessor()
     processor.LoadFromFile(str(folder / "tokenizer.model"))
     tokens = [f"[PAD{i}]".encode() for i in range(vocab_size)]
