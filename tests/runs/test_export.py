@@ -29,7 +29,8 @@ PROMPTS = ["Who are you? I am a helpful assistant.", "你是谁？我是黄大�
 # no digit runs, special tokens or runs of whitespace: transformers' GPT-2 fallback splits those otherwise
 TEXTS = PROMPTS + ["Hello, world! How's it going?", "北京是中国的首都。", "ünïcödé — “quotes”"]
 F16_RELATIVE = 1e-3  # max |gguf - merged| logit / max |merged| logit
-Q8_RELATIVE = 2e-2  # measured 2026-12-07 on these tiny models: see docs/after-training.md
+Q8_RELATIVE = 2e-2  # measured 9.6e-3 on the tiny Llama, 2026-12-07: see docs/after-training.md
+BF16_RELATIVE = 6e-3  # measured 2.9e-3 on the tiny Llama
 
 
 @pytest.fixture(scope="module")
@@ -162,25 +163,26 @@ def qwen_folder(folder, tiny_model, model_class, **extra):
     return folder
 
 
-@pytest.mark.parametrize("model_class, extra, arch, biases", [
-    ("Qwen2ForCausalLM", {}, "qwen2", True),
+@pytest.mark.parametrize("model_class, extra, arch, biases, quant", [
+    ("Qwen2ForCausalLM", {}, "qwen2", True, "f16"),
+    ("Qwen2ForCausalLM", {}, "qwen2", True, "bf16"),
     # q/k norms, and a head_dim other than hidden / heads (as Qwen3-0.6B's). transformers' GGUF
     # reader does not read qwen3.attention.key_length and builds Qwen3Config's default head_dim, 128
-    ("Qwen3ForCausalLM", {"head_dim": 128}, "qwen3", False),
+    ("Qwen3ForCausalLM", {"head_dim": 128}, "qwen3", False, "f16"),
 ])
-def test_qwen_layouts_round_trip(tiny_model, tmp_path, model_class, extra, arch, biases, monkeypatch):
+def test_qwen_layouts_round_trip(tiny_model, tmp_path, model_class, extra, arch, biases, quant, monkeypatch):
     folder = qwen_folder(tmp_path / "model", tiny_model, model_class, **extra)
     # No Qwen tokenizer can be had offline: transformers loads the DeepSeek vocabulary of this
     # folder as a Qwen2Tokenizer (Qwen's pre-tokenizer, chosen by config.json's model_type), a
     # mix llama.cpp has no name for. This test is about the tensor layout, so name it qwen2.
     monkeypatch.setattr("portaft.after.export.vocab.pre_tokenizer", lambda tokenizer: "qwen2")
-    result = exporting.export(folder, tmp_path / "gguf", quant="f16", echo=lambda _: None)
+    result = exporting.export(folder, tmp_path / "gguf", quant=quant, echo=lambda _: None)
     reader = read_gguf(result.gguf)
     assert field(reader, "general.architecture") == arch
     assert ("blk.0.attn_q.bias" in {t.name for t in reader.tensors}) == biases
     if "head_dim" in extra:
         assert field(reader, f"{arch}.attention.key_length") == extra["head_dim"]
-    assert relative_gap(tmp_path / "gguf", folder, "model.gguf") < F16_RELATIVE
+    assert relative_gap(tmp_path / "gguf", folder, "model.gguf") < {"f16": F16_RELATIVE, "bf16": BF16_RELATIVE}[quant]
     assert '<|im_start|>system\nYou are Qwen' in result.modelfile.read_text(encoding="utf-8")  # the qwen TEMPLATE
 
 
