@@ -52,8 +52,7 @@ def export(output_dir: str | Path, to: str | Path, quant: str = "f16", name: str
     config, where = _config(trained, base)
     layout = layout_of(config, where)
     shapes = Shapes(config)
-    planned_from = trained.folder if not trained.adapter else _base_folder(trained, base)
-    planned = tensor_io.plan(planned_from, layout, shapes, quant) if planned_from else None
+    planned = _plan_for_disk(trained, base, layout, shapes, quant)
     _check_disk(to, trained, planned, config)
 
     created = not to.exists()
@@ -173,6 +172,16 @@ def _base_folder(trained: Trained, base: str | None) -> Path | None:
     name, _ = base_model(trained, base)
     folder = _local_folder(name)
     return folder if folder is not None and (folder / "config.json").is_file() else None
+
+
+def _plan_for_disk(trained: Trained, base: str | None, layout: Layout, shapes: Shapes, quant: str) -> list | None:
+    """The GGUF's tensors, planned from the model (an adapter's: its base, whose shapes the merge keeps)."""
+    if not trained.adapter:
+        return tensor_io.plan(trained.folder, layout, shapes, quant)
+    try:
+        return tensor_io.plan(_base_folder(trained, base), layout, shapes, quant)
+    except UserError:  # a base saved as .bin: the merge writes safetensors; its size is not known before
+        return None
 
 
 def _check_disk(to: Path, trained: Trained, planned: list | None, config: dict) -> None:
