@@ -1,0 +1,292 @@
+"""portaft export: the GGUF, read back by transformers' GGUF loader, computes what the merged model does.
+
+What each check covers:
+- weights and layout (names, q/k permutation, biases, q/k norms, tied or separate output):
+  logits of the GGUF loaded by transformers against the merged model, Llama, Qwen2 and
+  Qwen3 layouts; InternLM2's split wqkv against the Llama export of the same weights;
+- the tokenizer, through transformers' GGUF reader: ids equal on text where that reader
+  works as llama.cpp does (words, Chinese, punctuation). Its limits: it has no rule for the
+  DeepSeek pre-tokenizer and splits digit runs as GPT-2 does, and it renumbers special
+  tokens. Those are covered by the GGUF's own metadata instead: every token's text and
+  type, the merges, the pre-tokenizer name llama.cpp reads, the special ids, the template;
+- llama.cpp itself, where llama-cpp-python is installed: the greedy continuation.
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import portaft
+from portaft.after import export as exporting
+from portaft.after.merge import merge
+from portaft.cli import main
+from portaft.data.chat_templates import DEEPSEEK, QWEN25
+
+PROMPTS = ["Who are you? I am a helpful assistant.", "你是谁？我是黄大力的智能助手。", "写一首关于春天的诗, please."]
+# no digit runs, special tokens or runs of whitespace: transformers' GPT-2 fallback splits those otherwise
+TEXTS = PROMPTS + ["Hello, world! How's it going?", "北京是中国的首都。", "ünïcödé — “quotes”"]
+F16_RELATIVE = 1e-3  # max |gguf - merged| logit / max |merged| logit
+Q8_RELATIVE = 2e-2  # measured 9.6e-3 on the tiny Llama, 2026-12-07: see docs/after-training.md
+BF16_RELATIVE = 6e-3  # measured 2.9e-3 on the tiny Llama
+
+
+@pytest.fixture(scope="module")
+def run(tiny_model, tmp_path_factory):
+    """A trained adapter, and the merged model the export must reproduce."""
+    tmp = tmp_path_factory.mktemp("export")
+    data = tmp / "identity.jsonl"
+    rows = [{"conversation": [{"input": q, "output": "我是黄大力的智能助手。"}]} for q in ("你是谁？", "Who are you?")]
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows), encoding="utf-8")
+    recipe = {
+        "model": {"name_or_path": str(tiny_model)}, "data": [{"path": str(data)}], "template": "deepseek",
+        "max_length": 64, "system": "你是黄大力的智能助手。", "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"output_dir": str(tmp / "out"), "max_steps": 3, "per_device_train_batch_size": 2,
+                  "learning_rate": 1e-2, "report_to": "none", "save_strategy": "no", "seed": 3},
+    }
+    out = portaft.run(recipe, backend="cpu", echo=lambda _: None).output_dir
+    merged = merge(out, tmp / "merged", echo=lambda _: None).folder
+    return out, merged
+
+
+@pytest.fixture(scope="module")
+def f16(run, tmp_path_factory):
+    out, _ = run
+    folder = tmp_path_factory.mktemp("f16")
+    exporting.export(out, folder, quant="f16", name="m", echo=lambda _: None)
+    return folder
+
+
+def logits(model, tokenizer) -> list[torch.Tensor]:
+    with torch.no_grad():
+        return [model(tokenizer(p, return_tensors="pt")["input_ids"]).logits[0].float() for p in PROMPTS]
+
+
+def relative_gap(gguf_dir, reference_dir, name) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reference_dir)
+    reference = logits(AutoModelForCausalLM.from_pretrained(reference_dir).eval(), tokenizer)
+    loaded = logits(AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name).eval(), tokenizer)
+    return max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(reference, loaded))
+
+
+def read_gguf(path):
+    import gguf
+
+    return gguf.GGUFReader(path)
+
+
+def field(reader, key):
+    found = reader.get_field(key)
+    return found.contents() if found is not None else None
+
+
+def test_an_adapter_run_exports_to_a_gguf_that_computes_what_the_merged_model_does(run, tmp_path, capsys):
+    out, merged = run
+    assert main(["export", str(out), "--to", str(tmp_path / "gguf")]) == 0
+    printed = capsys.readouterr().out
+    assert "logits check" in printed and f"ollama create out -f {tmp_path / 'gguf' / 'Modelfile'}" in printed
+    assert sorted(p.name for p in (tmp_path / "gguf").iterdir()) == ["Modelfile", "out.gguf"]  # nothing else left
+    assert relative_gap(tmp_path / "gguf", merged, "out.gguf") < F16_RELATIVE
+    modelfile = (tmp_path / "gguf" / "Modelfile").read_text(encoding="utf-8")
+    assert "FROM ./out.gguf" in modelfile and 'SYSTEM """你是黄大力的智能助手。"""' in modelfile
+
+
+def test_q8_0_is_within_its_measured_bound_and_smaller(run, f16, tmp_path):
+    out, merged = run
+    q8 = exporting.export(out, tmp_path / "q8", quant="q8_0", name="m", echo=lambda _: None)
+    assert q8.size_bytes < 0.75 * (f16 / "m.gguf").stat().st_size
+    gap = relative_gap(tmp_path / "q8", merged, "m.gguf")
+    assert F16_RELATIVE / 10 < gap < Q8_RELATIVE  # quantized: visibly coarser than f16, within the bound
+
+
+def test_the_tokenizer_metadata_is_the_run_tokenizer(run, f16):
+    from transformers import AutoTokenizer
+
+    _, merged = run
+    reader = read_gguf(f16 / "m.gguf")
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    tokens = field(reader, "tokenizer.ggml.tokens")
+    by_id = {i: t for t, i in tokenizer.get_vocab().items()}
+    assert len(tokens) == len(by_id) and all(tokens[i] == by_id[i] for i in range(len(tokens)))
+    types = field(reader, "tokenizer.ggml.token_type")
+    control = {i for i, t in enumerate(types) if t == 3}
+    special = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    # llama.cpp's converter also treats added tokens written <｜...｜> or <|...|> as control (DeepSeek's place holders, <|EOT|>)
+    assert special <= control and all(tokens[i][:2] in ("<｜", "<|") and tokens[i][-2:] in ("｜>", "|>")
+                                      for i in control - special)
+    assert {i for i, t in enumerate(types) if t == 1} == set(range(len(tokens))) - set(tokenizer.added_tokens_decoder)
+    merges = json.loads((merged / "tokenizer.json").read_text(encoding="utf-8"))["model"]["merges"]
+    assert field(reader, "tokenizer.ggml.merges") == [" ".join(m) if isinstance(m, list) else m for m in merges]
+    assert field(reader, "tokenizer.ggml.model") == "gpt2"
+    assert field(reader, "tokenizer.ggml.pre") == "deepseek-v3"  # the package's tokenizer is DeepSeek-V3's
+    assert field(reader, "tokenizer.ggml.bos_token_id") == tokenizer.bos_token_id
+    assert field(reader, "tokenizer.ggml.eos_token_id") == tokenizer.eos_token_id
+    assert field(reader, "tokenizer.ggml.add_bos_token") is True  # the deepseek template writes bos first
+    assert field(reader, "tokenizer.chat_template") == DEEPSEEK
+    assert field(reader, "llama.context_length") == 2048 and field(reader, "llama.attention.head_count") == 4
+
+
+def test_transformers_gguf_tokenizer_gives_the_same_ids_where_its_reader_can(run, f16):
+    from transformers import AutoTokenizer
+
+    _, merged = run
+    ours = AutoTokenizer.from_pretrained(merged)
+    read_back = AutoTokenizer.from_pretrained(f16, gguf_file="m.gguf")
+    for text in TEXTS:
+        assert read_back(text, add_special_tokens=False)["input_ids"] == ours(text, add_special_tokens=False)["input_ids"]
+
+
+def qwen_folder(folder, tiny_model, model_class, **extra):
+    """A tiny Qwen-layout model folder (a merged or full-model output) with random biases, untied output."""
+    import transformers
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.chat_template = QWEN25
+    config = getattr(transformers, model_class.replace("ForCausalLM", "Config"))(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=176, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
+    torch.manual_seed(1)
+    model = getattr(transformers, model_class)(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(".bias") or "norm" in name:
+                parameter.add_(torch.randn_like(parameter) * 0.5)  # nonzero: a lost or misplaced one shows
+        model.model.norm.weight.mul_(10.0)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("model_class, extra, arch, biases, quant", [
+    ("Qwen2ForCausalLM", {}, "qwen2", True, "f16"),
+    ("Qwen2ForCausalLM", {}, "qwen2", True, "bf16"),
+    # q/k norms, and a head_dim other than hidden / heads (as Qwen3-0.6B's). transformers' GGUF
+    # reader does not read qwen3.attention.key_length and builds Qwen3Config's default head_dim, 128
+    ("Qwen3ForCausalLM", {"head_dim": 128}, "qwen3", False, "f16"),
+])
+def test_qwen_layouts_round_trip(tiny_model, tmp_path, model_class, extra, arch, biases, quant, monkeypatch):
+    folder = qwen_folder(tmp_path / "model", tiny_model, model_class, **extra)
+    # No Qwen tokenizer can be had offline: transformers loads the DeepSeek vocabulary of this
+    # folder as a Qwen2Tokenizer (Qwen's pre-tokenizer, chosen by config.json's model_type), a
+    # mix llama.cpp has no name for. This test is about the tensor layout, so name it qwen2.
+    monkeypatch.setattr("portaft.after.export.vocab.pre_tokenizer", lambda tokenizer: "qwen2")
+    result = exporting.export(folder, tmp_path / "gguf", quant=quant, echo=lambda _: None)
+    reader = read_gguf(result.gguf)
+    assert field(reader, "general.architecture") == arch
+    assert ("blk.0.attn_q.bias" in {t.name for t in reader.tensors}) == biases
+    if "head_dim" in extra:
+        assert field(reader, f"{arch}.attention.key_length") == extra["head_dim"]
+    assert relative_gap(tmp_path / "gguf", folder, "model.gguf") < {"f16": F16_RELATIVE, "bf16": BF16_RELATIVE}[quant]
+    assert '<|im_start|>system\nYou are Qwen' in result.modelfile.read_text(encoding="utf-8")  # the qwen TEMPLATE
+
+
+def test_internlm2_wqkv_is_split_into_the_llama_layout(tiny_model, tmp_path):
+    """InternLM2 packs q, k, v per key/value group in one wqkv; the export must give the
+    same q, k and v as the Llama export of the same weights (grouped-query attention here)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    heads, kv_heads, hidden = 4, 2, 64
+    head_dim, per_group = hidden // heads, heads // kv_heads
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=176, num_hidden_layers=2,
+                         num_attention_heads=heads, num_key_value_heads=kv_heads, tie_word_embeddings=False)
+    torch.manual_seed(2)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    llama = exporting.export(tmp_path / "llama", tmp_path / "llama-gguf", quant="f16", name="m", echo=lambda _: None)
+
+    weights = load_file(tmp_path / "llama" / "model.safetensors")
+    renamed = {"model.tok_embeddings.weight": weights["model.embed_tokens.weight"],
+               "model.norm.weight": weights["model.norm.weight"], "output.weight": weights["lm_head.weight"]}
+    for i in range(config.num_hidden_layers):
+        p = f"model.layers.{i}."
+        q = weights[p + "self_attn.q_proj.weight"].reshape(kv_heads, per_group, head_dim, hidden)
+        k = weights[p + "self_attn.k_proj.weight"].reshape(kv_heads, 1, head_dim, hidden)
+        v = weights[p + "self_attn.v_proj.weight"].reshape(kv_heads, 1, head_dim, hidden)
+        renamed[p + "attention.wqkv.weight"] = torch.cat([q, k, v], dim=1).reshape(-1, hidden)  # InternLM2's packing
+        for old, new in (("self_attn.o_proj", "attention.wo"), ("mlp.gate_proj", "feed_forward.w1"),
+                         ("mlp.down_proj", "feed_forward.w2"), ("mlp.up_proj", "feed_forward.w3"),
+                         ("input_layernorm", "attention_norm"), ("post_attention_layernorm", "ffn_norm")):
+            renamed[p + new + ".weight"] = weights[p + old + ".weight"]
+    folder = tmp_path / "internlm2"
+    folder.mkdir()
+    save_file(renamed, folder / "model.safetensors", metadata={"format": "pt"})
+    values = json.loads((tmp_path / "llama" / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**values, "architectures": ["InternLM2ForCausalLM"],
+                                                    "model_type": "internlm2"}))
+    tokenizer.save_pretrained(folder)
+    internlm = exporting.export(folder, tmp_path / "gguf", quant="f16", name="m", echo=lambda _: None)
+    ours, reference = read_gguf(internlm.gguf), read_gguf(llama.gguf)
+    assert field(ours, "general.architecture") == "internlm2"
+    theirs = {t.name: np.array(t.data) for t in reference.tensors}
+    assert {t.name for t in ours.tensors} == set(theirs)
+    for tensor in ours.tensors:
+        np.testing.assert_array_equal(np.array(tensor.data), theirs[tensor.name], err_msg=tensor.name)
+
+
+def test_bad_input_is_refused_with_one_message_and_nothing_written(run, tmp_path, capsys, monkeypatch):
+    out, _ = run
+    target = tmp_path / "gguf"
+
+    def refused(*args) -> str:
+        assert main(["export", *map(str, args)]) == 2
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+        return captured.err
+
+    assert "not a portaft run output" in refused(tmp_path, "--to", target)
+    assert "--quant 'q4_k': choose one of f16, bf16, q8_0" in refused(out, "--to", target, "--quant", "q4_k")
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    assert "not empty" in refused(out, "--to", target)
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    fresh = tmp_path / "fresh"
+    monkeypatch.setattr("shutil.disk_usage", lambda path: shutil._ntuple_diskusage(10**12, 10**12 - 1000, 1000))
+    assert "not enough disk" in refused(out, "--to", fresh)
+    assert not fresh.exists()
+
+
+def test_a_failure_while_writing_leaves_no_partial_file(run, tmp_path, monkeypatch):
+    out, _ = run
+
+    def broken(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("portaft.after.export.tensors.write_data", broken)
+    with pytest.raises(KeyboardInterrupt):
+        exporting.export(out, tmp_path / "gguf", echo=lambda _: None)
+    assert not (tmp_path / "gguf").exists()
+
+
+def test_an_architecture_portaft_does_not_export_is_named(tmp_path, capsys):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(tmp_path / "gpt2")
+    assert main(["export", str(tmp_path / "gpt2"), "--to", str(tmp_path / "gguf")]) == 2
+    message = capsys.readouterr().err
+    assert "GPT2LMHeadModel" in message and "LlamaForCausalLM" in message and "Qwen2ForCausalLM" in message
+
+
+def test_llama_cpp_greedy_decodes_what_transformers_does(run, f16):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python has no wheel for this machine")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _, merged = run
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    ids = tokenizer(PROMPTS[0])["input_ids"]
+    expected = AutoModelForCausalLM.from_pretrained(merged).generate(torch.tensor([ids]), max_new_tokens=8,
+                                                                     do_sample=False)[0, len(ids):].tolist()
+    model = llama_cpp.Llama(str(f16 / "m.gguf"), n_ctx=256, verbose=False)
+    produced = []
+    for token in model.generate(ids, temp=0.0, top_k=1):
+        produced.append(token)
+        if len(produced) == len(expected):
+            break
+    assert produced == expected
