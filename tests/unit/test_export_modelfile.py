@@ -10,7 +10,7 @@ bos llama.cpp adds itself when the tokenizer adds bos.
 import pytest
 from gotemplate import render as render_go
 
-from portaft.after.export.modelfile import GO_TEMPLATES, built_in_name, go_template, modelfile
+from portaft.after.export.modelfile import GO_TEMPLATES, WITHOUT_GO_TWIN, built_in_name, go_template, modelfile
 from portaft.after.export.vocab import adds_bos
 from portaft.data import chat_templates
 from portaft.data.templates import render
@@ -30,11 +30,18 @@ def ollama_values(messages: list[dict]) -> dict:
     return {"System": system, "Messages": [{"Role": m["role"], "Content": m["content"]} for m in messages]}
 
 
-def test_every_built_in_template_has_a_go_twin():
-    assert set(GO_TEMPLATES) == set(chat_templates.BUILT_IN)
+def test_every_built_in_template_has_a_go_twin_or_says_why_not():
+    assert set(GO_TEMPLATES) | set(WITHOUT_GO_TWIN) == set(chat_templates.BUILT_IN)
+    assert not set(GO_TEMPLATES) & set(WITHOUT_GO_TWIN)
 
 
-@pytest.mark.parametrize("name", sorted(chat_templates.BUILT_IN))
+def test_a_template_without_a_go_twin_leaves_the_template_to_ollama(tokenizer):
+    text = modelfile("run.gguf", chat_templates.BUILT_IN["gemma"], None, "<end_of_turn>\n", None,
+                     tokenizer.eos_token, False, "output/run").text
+    assert 'TEMPLATE """' not in text and "Ollama derives TEMPLATE from the GGUF" in text
+
+
+@pytest.mark.parametrize("name", sorted(GO_TEMPLATES))
 def test_the_go_template_renders_each_conversation_as_the_jinja_template_does(tokenizer, name):
     template = chat_templates.BUILT_IN[name]
     add_bos = adds_bos(tokenizer, template)  # what the GGUF tells llama.cpp

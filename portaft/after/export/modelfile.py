@@ -34,11 +34,20 @@ GO_TEMPLATES = {
              'assistant.<|im_end|>\n{{ end }}' + CHATML_TURNS),
     "qwen2": '{{ if not $.System }}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{{ end }}' + CHATML_TURNS,
     "chatml": CHATML_TURNS,
+    # Qwen3: a chat request ends with the user's turn, so every earlier reply is history, which
+    # its template writes without a think block; thinking off opens and closes an empty one
+    "qwen3": CHATML_TURNS,
+    "qwen3_nothink": CHATML_TURNS + "<think>\n\n</think>\n\n",
     "internlm2": BOS + CHATML_TURNS,
     "default": ('{{ range .Messages }}{{ if eq .Role "system" }}System: {{ .Content }}' + EOS + '\n'
                 '{{ else if eq .Role "user" }}Human: {{ .Content }}' + EOS + '\nAssistant:'
                 '{{ else if eq .Role "assistant" }}{{ .Content }}' + EOS + '\n{{ end }}{{ end }}'),
 }
+# Built-in templates without a Go twin yet (added with issue 26 after the export was written):
+# their Modelfile leaves TEMPLATE to Ollama, which derives it from the GGUF's chat template
+WITHOUT_GO_TWIN = {"mistral": "the system prompt goes into the last user message",
+                   "gemma": "the system prompt joins the first user message, roles renamed",
+                   "llama3.1": "a system header with knowledge and today's dates"}
 # portaft's `eval_prompts` and `portaft chat` answer greedily; Ollama's default samples at 0.8
 SAMPLING = {"temperature": 0}
 
@@ -68,6 +77,8 @@ def stop_texts(ending: str, eos: str | None) -> list[str]:
 def modelfile(gguf_name: str, template: str | None, system: str | None, ending: str, bos: str | None,
               eos: str | None, add_bos: bool, source: str) -> Modelfile:
     name = built_in_name(template)
+    if name in WITHOUT_GO_TWIN:
+        name = None
     lines = [f"# Written by `portaft export` from {source}.",
              f"# ollama create NAME -f Modelfile && ollama run NAME", f"FROM ./{gguf_name}"]
     if name is not None:
