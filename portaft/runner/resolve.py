@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from portaft.data.packing import resolve_packing
 from portaft.plugins import Plugins
 from portaft.recipe import Recipe, RecipeSource
+from portaft.recipe.defaults import apply_defaults
 from portaft.speed_ups import SETTINGS, Training, apply_stage
 
 from . import tracking
@@ -35,12 +36,12 @@ class Resolved:
 
 def resolve(source: RecipeSource, backend_name: str | None, overrides: Sequence[str], plugins: Plugins,
             notes: Notes) -> Resolved:
-    recipe = plugins.read_recipe(source, overrides)
+    recipe = plugins.read_recipe(source, overrides, surroundings=True)
     backend = plugins.choose_backend(recipe, backend_name)
     notes.say(f"backend {backend.name} (device {'cpu' if recipe.device == 'cpu' else backend.device_type})")
     effective, changes = backend.resolve(recipe)
     effective.backend = backend.name
-    notes.add(*changes)
+    notes.add(*changes, *apply_defaults(effective))
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     device = backend.device_for(effective)
     speed_ups = [*backend.speed_ups(effective), *plugins.speed_ups(backend)]
