@@ -31,8 +31,18 @@ def handle(args) -> int:
         return launch(args, overrides)
     from portaft.runner import run
 
-    run(args.recipe, backend=args.backend, overrides=overrides)
+    result = run(args.recipe, backend=args.backend, overrides=overrides)
+    print_where(result.output_dir)
     return 0
+
+
+def print_where(output_dir) -> None:
+    """Where a finished run's outputs are, and the one command to talk to the result."""
+    import shlex
+
+    folder = shlex.quote(str(output_dir))
+    print(f"portaft: outputs in {output_dir}/ (report.md, loss.png, portaft_log.jsonl, portaft_recipe.yaml)\n"
+          f"portaft: chat with the result:  portaft chat {folder}", flush=True)
 
 
 def launch(args, overrides: list[str]) -> int:
@@ -41,11 +51,14 @@ def launch(args, overrides: list[str]) -> int:
     from portaft.plugins import get_plugins
 
     plugins = get_plugins()
-    recipe = plugins.read_recipe(args.recipe, overrides)
+    recipe = plugins.read_recipe(args.recipe, overrides, surroundings=True)
     backend = plugins.choose_backend(recipe, args.backend)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
                "-m", "portaft", "run", args.recipe, "--backend", backend.name, *overrides]
     collectives = backend.device_for(recipe).collectives
     print(f"portaft: launching {args.nproc} processes on {backend.name} ({collectives}) with torchrun",
           flush=True)
-    return subprocess.call(command)
+    code = subprocess.call(command)
+    if code == 0:
+        print_where(recipe.train["output_dir"])
+    return code

@@ -18,12 +18,13 @@ def handle(args) -> int:
 
     overrides = list(args.overrides) + (["skip_bad_samples=true"] if args.skip_bad_samples else [])
     plugins = get_plugins()
-    recipe = plugins.read_recipe(args.recipe, overrides)
+    recipe = plugins.read_recipe(args.recipe, overrides, surroundings=True)
     tracking.prepare(recipe.model_copy(deep=True), plugins)  # a missing or unknown tracker, before the data
     reports = data.check(recipe)
     print(f"{args.recipe}: valid. model {recipe.model.name_or_path}, template {recipe.template}, "
           f"backend {recipe.backend}, output {recipe.train['output_dir']}")
     for r in reports:
         skipped = f", {r.bad} bad (will be skipped)" if r.bad else ""
+        skipped += f", about {r.held_out} held out for evaluation" if r.held_out else ""
         print(f"  data {r.path} ({r.format}): {r.records} records{skipped}")
     return 0

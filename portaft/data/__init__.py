@@ -25,6 +25,7 @@ from .encode import CUT_IN_PROMPT, NOT_CUT, EncodeSettings, Encoder
 from .formats import BadSample, detect_format, normalise, record_problem
 from .mixing import mixed_rows
 from .sources import progress_bars, read_file, records_of, source_files
+from .splits import held_out_count, split_off, val_size_of
 from .templates import check_template, choose_template
 
 __all__ = ["BadSample", "Built", "Seq2SeqCollator", "SourceReport", "build", "check", "load", "prepare_tokenizer"]
@@ -48,6 +49,7 @@ class SourceReport:
     samples: int  # samples used after weight/samples
     tokens: int  # tokens of the used samples
     trained_tokens: int  # of which carry a label
+    held_out: int = 0  # samples kept for evaluation (val_size), never trained on
 
 
 @dataclass
@@ -58,6 +60,8 @@ class Built:
     template_name: str
     template: str  # Jinja source
     warnings: list[str] = field(default_factory=list)  # skipped records, located
+    eval_dataset: Any = None  # held out (val_size) and eval_data: sources' rows, or None
+    eval_reports: list[SourceReport] = field(default_factory=list)  # one per eval_data: source
 
 
 def prepare_tokenizer(tokenizer: Any) -> list[str]:
@@ -85,7 +89,10 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
     problems: list[str] = []  # bad records
     unusable: list[str] = []  # whole files
     parts, lengths, reports = [], [], []
-    for index, source in enumerate(recipe.data):
+    held_parts, eval_reports = [], []
+    sources = [(index, source, False) for index, source in enumerate(recipe.data)]
+    sources += [(index, source, True) for index, source in enumerate(recipe.eval_data)]
+    for index, source, for_eval in sources:
         encoded, names, records, located = [], [], 0, []
         for file, fmt in _read_source(source, plugins.formats, problems, unusable):
             with progress_bars(len(file.rows) >= BAR_FROM):
@@ -105,10 +112,19 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
         errors, trained, cuts, sizes = (_column(rows, name) for name in ("error", "trained", "cut", "length"))
         good = [i for i, (e, t) in enumerate(zip(errors, trained)) if not e and t]
         cuts = [c for e, c in zip(errors, cuts) if not e]
+        held: list[int] = []
+        if not for_eval:
+            keep, held_at = split_off(len(good), val_size_of(recipe, source), seed, index, f"data[{index}].val_size")
+            good, held = [good[i] for i in keep], [good[i] for i in held_at]
         chosen = [good[i] for i in mixed_rows(len(good), source.weight, source.samples, seed, index)]
+        if for_eval:
+            chosen, held = [], chosen
+        if held:
+            held_parts.append(rows.select(held).select_columns(["input_ids", "attention_mask", "labels"]))
+        counted = held if for_eval else chosen
         used = rows.select(chosen)
-        used_lengths = [sizes[i] for i in chosen]
-        reports.append(SourceReport(
+        used_lengths = [sizes[i] for i in counted]
+        (eval_reports if for_eval else reports).append(SourceReport(
             path=source.path,
             format=",".join(sorted(set(names))),
             files=len(encoded),
@@ -118,12 +134,14 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
             truncated=sum(c != NOT_CUT for c in cuts),
             truncated_in_prompt=sum(c == CUT_IN_PROMPT for c in cuts),
             available=len(good),
-            samples=len(chosen),
+            samples=len(counted),
             tokens=sum(used_lengths),
-            trained_tokens=sum(trained[i] for i in chosen),
+            trained_tokens=sum(trained[i] for i in counted),
+            held_out=0 if for_eval else len(held),
         ))
-        parts.append(used.select_columns(["input_ids", "attention_mask", "labels"]))
-        lengths += used_lengths
+        if not for_eval:
+            parts.append(used.select_columns(["input_ids", "attention_mask", "labels"]))
+            lengths += used_lengths
     warnings = []
     if unusable or (problems and not recipe.skip_bad_samples):
         raise UserError(_problem_list(unusable, problems))
@@ -132,7 +150,8 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
     dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else None
     if dataset is None or len(dataset) == 0:
         raise UserError("no sample has any assistant token left to train on; raise max_length or check the data.")
-    return Built(dataset, lengths, reports, template_name, template, warnings)
+    held_out = concatenate_datasets(held_parts) if len(held_parts) > 1 else held_parts[0] if held_parts else None
+    return Built(dataset, lengths, reports, template_name, template, warnings, held_out, eval_reports)
 
 
 def _read_source(source: Any, formats: dict[str, Format], problems: list[str], unusable: list[str]):
@@ -171,7 +190,7 @@ def check(recipe: RecipeSource) -> list[SourceReport]:
     problems: list[str] = []
     unusable: list[str] = []
     reports = []
-    for source in recipe.data:
+    for index, source in enumerate([*recipe.data, *recipe.eval_data]):
         records = bad = 0
         names = set()
         for file, fmt in _read_source(source, formats, problems, unusable):
@@ -183,8 +202,13 @@ def check(recipe: RecipeSource) -> list[SourceReport]:
             records += len(errors) + len(file.bad_lines)
             bad += len(located) + len(file.bad_lines)
             names.add(fmt.name)
+        held = held_out_count(records - bad, val_size_of(recipe, source)) if index < len(recipe.data) else 0
+        if held and held >= records - bad:
+            unusable.append(f"{source.path}: val_size {val_size_of(recipe, source):g} holds out {held} of its "
+                            f"{records - bad} good records, leaving none to train on. Give a smaller fraction "
+                            "or count.")
         reports.append(SourceReport(source.path, ",".join(sorted(names)), 0, records, bad, 0, 0, 0,
-                                    records - bad, 0, 0, 0))
+                                    records - bad, 0, 0, 0, held))
     if unusable or (problems and not recipe.skip_bad_samples):
         raise UserError(_problem_list(unusable, problems))
     return reports
@@ -225,6 +249,7 @@ def report_rows(reports: list[SourceReport]) -> list[dict]:
 
 def describe(report: SourceReport, max_length: int) -> str:
     amount = f"{report.samples} samples" + (f" (of {report.available})" if report.samples != report.available else "")
+    amount += f", {report.held_out} held out for evaluation" if report.held_out else ""
     return (f"data {report.path} ({report.format}): {amount}, {report.tokens} tokens ({report.trained_tokens} trained); "
             f"{report.truncated} truncated at {max_length} ({report.truncated_in_prompt} inside a prompt), "
             f"{report.dropped} dropped with nothing left to train, {report.bad} bad skipped")

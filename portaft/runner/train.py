@@ -22,9 +22,10 @@ class Trained:
 
 
 def train(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, plan: Any, notes: Notes) -> Trained:
+    evaluation = {"eval_dataset": built.eval_dataset} if built.eval_dataset is not None else {}
     trainer = resolved.backend.trainer(model=model, args=world.args, train_dataset=built.dataset,
                                        data_collator=plan.batches.collator, tokenizer=tokenizer,
-                                       batch_sampler=plan.batches.sampler)
+                                       batch_sampler=plan.batches.sampler, **evaluation)
     watching = watch.attach(trainer, resolved, world, built.template, tokenizer, plan.callbacks, notes.say)
     before = watching.ask("before training", trainer.model)
     checkpoint = world.start.checkpoint
@@ -36,6 +37,7 @@ def train(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, pla
             output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         watching.loss.close()
+        watching.live.close()
         for done in plan.on_exit:
             done()
     if watching.loss.bad_step is not None:
