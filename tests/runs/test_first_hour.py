@@ -2,6 +2,8 @@
 trained through the command line: what it learns, logs, leaves and says."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +13,8 @@ import yaml
 
 from helpers import cli as portaft
 
-QUESTIONS = ("你是谁？", "你叫什么？", "介绍一下你自己。", "Who are you?", "你好", "你能做什么？", "谁开发了你？", "What is your name?")
+QUESTIONS = ("你是谁？", "你叫什么？", "介绍一下你自己。", "Who are you?", "你好", "你能做什么？", "谁开发了你？",
+             "What is your name?")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,8 @@ def test_the_live_log_has_a_line_per_logging_step(first_run):
     steps = [e for e in entries if "loss" in e and "event" not in e]
     assert len(steps) >= 20
     for entry in steps:
-        assert {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "elapsed_s", "eta_s"} <= set(entry)
+        assert {"step", "epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "elapsed_s", "eta_s"} \
+            <= set(entry)
         assert entry["tokens_per_s"] > 0
     assert steps[-1]["eta_s"] == 0 and steps[0]["eta_s"] > 0
     assert any("eval_loss" in e for e in entries)
@@ -97,10 +101,6 @@ def test_runs_lists_finished_running_and_stopped_runs(first_run, tmp_path):
     (stopped / "portaft_log.jsonl").write_text(
         json.dumps({"event": "start", "time": time.time(), "pid": 2**22 + 7, "host": "elsewhere", "step": 0,
                     "max_steps": 50}) + "\n" + json.dumps({"step": 5, "loss": 3.25}) + "\n", encoding="utf-8")
-    import os
-    import socket
-    import os.path
-
     old = time.time() - 3600
     os.utime(stopped / "portaft_log.jsonl", (old, old))
     running = tmp / "output" / "live"
@@ -129,4 +129,5 @@ def test_eval_answers_keep_to_the_recipes_token_budget(first_run, tiny_model):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model)
     for moment in ("before", "after"):
         answer = record["samples"][moment][0]["answer"]
-        assert 0 < len(tokenizer(answer, add_special_tokens=False)["input_ids"]) <= 8  # 4 tokens (re-tokenizing may split them)
+        # 4 tokens generated (re-tokenizing the text may split them); 48 without the key
+        assert 0 < len(tokenizer(answer, add_special_tokens=False)["input_ids"]) <= 8
