@@ -111,6 +111,7 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
         rows = concatenate_datasets(encoded) if len(encoded) > 1 else encoded[0]
         errors, trained, cuts, sizes = (_column(rows, name) for name in ("error", "trained", "cut", "length"))
         good = [i for i, (e, t) in enumerate(zip(errors, trained)) if not e and t]
+        usable = len(good)  # before any is held out for evaluation
         cuts = [c for e, c in zip(errors, cuts) if not e]
         held: list[int] = []
         if not for_eval:
@@ -130,7 +131,7 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
             files=len(encoded),
             records=records,
             bad=records - len(cuts),
-            dropped=len(cuts) - len(good),
+            dropped=len(cuts) - usable,
             truncated=sum(c != NOT_CUT for c in cuts),
             truncated_in_prompt=sum(c == CUT_IN_PROMPT for c in cuts),
             available=len(good),

@@ -59,6 +59,7 @@ def test_val_size_holds_out_a_share_evaluated_while_training(first_run):
     _, out, done = first_run
     record = json.loads((out / "portaft_run.json").read_text(encoding="utf-8"))
     assert record["data"][0]["held_out"] == 8 and record["data"][0]["samples"] == 72
+    assert record["data"][0]["dropped"] == 0  # held out is not dropped
     evaluations = [e["eval_loss"] for e in record["log_history"] if "eval_loss" in e]
     assert len(evaluations) >= 5
     report = (out / "report.md").read_text(encoding="utf-8")

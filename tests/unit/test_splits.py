@@ -36,4 +36,5 @@ def test_eval_data_and_a_held_out_share_reach_the_trainer(recipe_dict, tokenizer
                                                                         "samples": 3}]})
     built = data.build(recipe, tokenizer, get_plugins())
     assert len(built.dataset) == 6 and built.reports[0].held_out == 2  # the conversation file holds 8
+    assert built.reports[0].dropped == 0 and built.reports[0].samples == 6
     assert len(built.eval_dataset) == 2 + 3 and built.eval_reports[0].samples == 3
