@@ -15,8 +15,17 @@ def model_dtype_kwargs(dtype: Any) -> dict[str, Any]:
     return {"dtype": dtype} if renamed else {"torch_dtype": dtype}
 
 
-# TrainingArguments renamed across the transformers versions portaft supports: old -> new
-RENAMED_TRAINING_ARGUMENTS = {"evaluation_strategy": "eval_strategy"}
+# TrainingArguments renamed or folded into another across the transformers versions portaft
+# supports (4.45 to 5.x): old -> new, the value unchanged. A recipe written for either side
+# keeps working; the old name is translated where the installed transformers lacks it.
+RENAMED_TRAINING_ARGUMENTS = {
+    "evaluation_strategy": "eval_strategy",  # renamed in 4.41, the old name removed in 4.46
+    "warmup_ratio": "warmup_steps",  # 5.x: warmup_steps below 1 is the fraction (transformers#41326; gone in 5.2)
+    "no_cuda": "use_cpu",  # use_cpu since 4.34; no_cuda removed in 5.0
+    "per_gpu_train_batch_size": "per_device_train_batch_size",  # removed in 5.0
+    "per_gpu_eval_batch_size": "per_device_eval_batch_size",  # removed in 5.0
+    "push_to_hub_token": "hub_token",  # removed in 5.0
+}
 
 
 def rename_training_arguments(train: dict[str, Any]) -> list[str]:
@@ -35,7 +44,9 @@ def rename_training_arguments(train: dict[str, Any]) -> list[str]:
                 notes.append(f"train.{old}: dropped, train.{new} is also set (transformers renamed {old} to {new})")
             else:
                 train[new] = value
-                notes.append(f"train.{old} -> train.{new} (its name in this transformers)")
+                why = ("transformers 5 reads a warmup_steps below 1 as that fraction of the steps"
+                       if old == "warmup_ratio" else "its name in this transformers")
+                notes.append(f"train.{old} -> train.{new} ({why})")
     return notes
 
 

@@ -49,9 +49,10 @@ class Backend(Protocol):
         """The backend library's seq2seq collator, or None to use portaft's own."""
 
     def trainer(self, *, model: Any, args: TrainingArguments, train_dataset: Any, data_collator: Any,
-                tokenizer: Any, batch_sampler: Any = None) -> Trainer:
+                tokenizer: Any, batch_sampler: Any = None, eval_dataset: Any = None) -> Trainer:
         """The library's Trainer. `batch_sampler` (packing, batches shared out by tokens):
-        the Trainer must draw its training batches from it, through `data_collator`."""
+        the Trainer must draw its training batches from it, through `data_collator`.
+        `eval_dataset` (val_size, eval_data:) is passed only when the recipe has eval data."""
 
 
 class TrainingArguments(Protocol):

@@ -150,12 +150,12 @@ class TransformersBackend(abc.ABC):
         return collator_class(tokenizer, padding=True, label_pad_token_id=-100, return_tensors="pt")
 
     def trainer(self, *, model: Any, args: Any, train_dataset: Any, data_collator: Any, tokenizer: Any,
-                batch_sampler: Any = None) -> Any:
+                batch_sampler: Any = None, eval_dataset: Any = None) -> Any:
         from portaft.compat import trainer_kwargs
 
         trainer_class = self.library().trainer
         given = {"model": model, "args": args, "train_dataset": train_dataset, "data_collator": data_collator,
-                 **trainer_kwargs(trainer_class, tokenizer)}
+                 "eval_dataset": eval_dataset, **trainer_kwargs(trainer_class, tokenizer)}
         if batch_sampler is None:
             return trainer_class(**given)
         return drawing_batches_from_a_sampler(trainer_class)(**given, batch_sampler=batch_sampler)

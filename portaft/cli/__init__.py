@@ -9,10 +9,10 @@ import traceback
 from portaft.errors import UserError
 
 from . import (backends_cmd, chat_cmd, compare_cmd, doctor_cmd, export_cmd, merge_cmd, parity_cmd, plugins_cmd,
-               preview_cmd, run_cmd, validate_cmd)
+               preview_cmd, run_cmd, runs_cmd, validate_cmd)
 
-COMMANDS = (run_cmd, validate_cmd, preview_cmd, parity_cmd, compare_cmd, merge_cmd, export_cmd, chat_cmd, backends_cmd,
-            doctor_cmd, plugins_cmd)
+COMMANDS = (run_cmd, validate_cmd, preview_cmd, parity_cmd, compare_cmd, merge_cmd, export_cmd, chat_cmd, runs_cmd,
+            backends_cmd, doctor_cmd, plugins_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,8 @@ def handle(args) -> int:
         return launch(args, overrides)
     from portaft.runner import run
 
-    run(args.recipe, backend=args.backend, overrides=overrides)
+    result = run(args.recipe, backend=args.backend, overrides=overrides)
+    print_where(result.output_dir)
     return 0
 
 
@@ -46,6 +47,17 @@ def _asks_for_an_engine(args, overrides: list[str]) -> bool:
     return engines.asked(get_plugins().read_recipe(args.recipe, overrides))
 
 
+def print_where(output_dir) -> None:
+    """Where a finished run's outputs are, and the one command to talk to the result."""
+    import shlex
+
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun the first process speaks for all
+        return
+    folder = shlex.quote(str(output_dir))
+    print(f"portaft: outputs in {output_dir}/ (report.md, loss.png, portaft_log.jsonl, portaft_recipe.yaml)\n"
+          f"portaft: chat with the result:  portaft chat {folder}", flush=True)
+
+
 def launch(args, overrides: list[str]) -> int:
     """Check what can be checked here (recipe, backend), then start N copies of this
     command under torchrun; each one trains as one process of a DDP run."""
@@ -54,7 +66,7 @@ def launch(args, overrides: list[str]) -> int:
 
     torchrun = nodes.torchrun_arguments(args)
     plugins = get_plugins()
-    recipe = plugins.read_recipe(args.recipe, overrides)
+    recipe = plugins.read_recipe(args.recipe, overrides, surroundings=True)
     backend = plugins.choose_backend(recipe, args.backend)
     engines.check_before_start(backend, recipe, args.nproc * args.nnodes, args.recipe)  # what one process would refuse
     command = [sys.executable, "-m", "torch.distributed.run", *torchrun, "-m", "portaft", "run", args.recipe,
@@ -62,4 +74,7 @@ def launch(args, overrides: list[str]) -> int:
     collectives = backend.device_for(recipe).collectives
     print(f"portaft: launching {nodes.describe(args)} on {backend.name} ({collectives}) with torchrun",
           flush=True)
-    return subprocess.call(command)
+    code = subprocess.call(command)
+    if code == 0:
+        print_where(recipe.train["output_dir"])
+    return code

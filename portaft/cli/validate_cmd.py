@@ -18,7 +18,7 @@ def handle(args) -> int:
 
     overrides = list(args.overrides) + (["skip_bad_samples=true"] if args.skip_bad_samples else [])
     plugins = get_plugins()
-    recipe = plugins.read_recipe(args.recipe, overrides)
+    recipe = plugins.read_recipe(args.recipe, overrides, surroundings=True)
     tracking.prepare(recipe.model_copy(deep=True), plugins)  # a missing or unknown tracker, before the data
     engines.check_in_validate(plugins, recipe, args.recipe)  # train.fsdp / train.deepspeed, before the data
     notes: list[str] = []
@@ -27,6 +27,7 @@ def handle(args) -> int:
           f"backend {recipe.backend}, output {recipe.train['output_dir']}")
     for r in reports:
         skipped = f", {r.bad} bad (will be skipped)" if r.bad else ""
+        skipped += f", about {r.held_out} held out for evaluation" if r.held_out else ""
         text = f", {r.pretraining} pretraining text (no template, every token trained)" if r.pretraining else ""
         print(f"  data {r.path} ({r.format}): {r.records} records{skipped}{text}")
     for line in notes:

@@ -31,6 +31,7 @@ from .mixing import mixed_rows
 from .problems import SHOWN_PROBLEMS, Problem, problem_list, skipped_lines, write_skipped
 from .reading import SourceReport, model_type, prepare_tokenizer, read_source
 from .sources import progress_bars
+from .splits import split_off, val_size_of
 from .templates import check_template, choose_template
 from .validate import check
 
@@ -51,6 +52,8 @@ class Built:
     warnings: list[str] = field(default_factory=list)  # the count of skipped records and the first few
     skipped: list[Problem] = field(default_factory=list)  # every skipped record (skipped.jsonl)
     notes: list[str] = field(default_factory=list)  # how files were read, what the data is trained as
+    eval_dataset: Any = None  # held out (val_size) and eval_data: sources' rows, or None
+    eval_reports: list[SourceReport] = field(default_factory=list)  # one per eval_data: source
 
 
 def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
@@ -71,7 +74,10 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
     unusable: list[str] = []  # whole files
     notes: list[str] = []
     parts, lengths, reports = [], [], []
-    for index, source in enumerate(recipe.data):
+    held_parts, eval_reports = [], []
+    sources = [(index, source, False) for index, source in enumerate(recipe.data)]
+    sources += [(index, source, True) for index, source in enumerate(recipe.eval_data)]
+    for index, source, for_eval in sources:
         encoded, names, records, located = [], [], 0, []
         for file, fmt in read_source(source, plugins.formats, problems, unusable, notes):
             with progress_bars(len(file.rows) >= BAR_FROM):
@@ -91,37 +97,52 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
         errors, trained, cuts, sizes, plain = (_column(rows, name) for name in ("error", "trained", "cut", "length",
                                                                                 "pretraining"))
         good = [i for i, (e, t) in enumerate(zip(errors, trained)) if not e and t]
+        usable = len(good)  # before any is held out for evaluation
         cuts = [c for e, c in zip(errors, cuts) if not e]
+        held: list[int] = []
+        if not for_eval:
+            keep, held_at = split_off(len(good), val_size_of(recipe, source), seed, index, f"data[{index}].val_size")
+            good, held = [good[i] for i in keep], [good[i] for i in held_at]
         chosen = [good[i] for i in mixed_rows(len(good), source.weight, source.samples, seed, index)]
+        if for_eval:
+            chosen, held = [], chosen
+        if held:
+            held_parts.append(rows.select(held).select_columns(["input_ids", "attention_mask", "labels"]))
+        counted = held if for_eval else chosen
         used = rows.select(chosen)
-        used_lengths = [sizes[i] for i in chosen]
-        reports.append(SourceReport(
+        used_lengths = [sizes[i] for i in counted]
+        (eval_reports if for_eval else reports).append(SourceReport(
             path=source.path,
             format=",".join(sorted(set(names))),
             files=len(encoded),
             records=records,
             bad=records - len(cuts),
-            dropped=len(cuts) - len(good),
+            dropped=len(cuts) - usable,
             truncated=sum(c != NOT_CUT for c in cuts),
             truncated_in_prompt=sum(c == CUT_IN_PROMPT for c in cuts),
             available=len(good),
-            samples=len(chosen),
+            samples=len(counted),
             tokens=sum(used_lengths),
-            trained_tokens=sum(trained[i] for i in chosen),
+            trained_tokens=sum(trained[i] for i in counted),
             pretraining=sum(plain[i] for i in good),
+            held_out=0 if for_eval else len(held),
         ))
-        if reports[-1].pretraining:
-            notes.append(f"data {source.path}: {reports[-1].pretraining} of {len(good)} usable records are "
+        report = (eval_reports if for_eval else reports)[-1]
+        if report.pretraining and not for_eval:
+            notes.append(f"data {source.path}: {report.pretraining} of {len(good)} usable records are "
                          "pretraining text: continued pretraining, no chat template, loss on every token")
-        parts.append(used.select_columns(["input_ids", "attention_mask", "labels"]))
-        lengths += used_lengths
+        if not for_eval:
+            parts.append(used.select_columns(["input_ids", "attention_mask", "labels"]))
+            lengths += used_lengths
     if unusable or (problems and not recipe.skip_bad_samples):
         raise UserError(problem_list(unusable, problems))
-    warnings = skipped_lines(problems, sum(r.records for r in reports))
+    warnings = skipped_lines(problems, sum(r.records for r in [*reports, *eval_reports]))
     dataset = concatenate_datasets(parts) if len(parts) > 1 else parts[0] if parts else None
     if dataset is None or len(dataset) == 0:
         raise UserError("no sample has any assistant token left to train on; raise max_length or check the data.")
-    return Built(dataset, lengths, reports, template_name, template, warnings, problems, notes)
+    held_out = concatenate_datasets(held_parts) if len(held_parts) > 1 else held_parts[0] if held_parts else None
+    return Built(dataset, lengths, reports, template_name, template, warnings, problems, notes, held_out,
+                 eval_reports)
 
 
 def load(recipe: RecipeSource, tokenizer: Any = None) -> Any:
@@ -144,6 +165,7 @@ def report_rows(reports: list[SourceReport]) -> list[dict]:
 
 def describe(report: SourceReport, max_length: int) -> str:
     amount = f"{report.samples} samples" + (f" (of {report.available})" if report.samples != report.available else "")
+    amount += f", {report.held_out} held out for evaluation" if report.held_out else ""
     return (f"data {report.path} ({report.format}): {amount}, {report.tokens} tokens ({report.trained_tokens} trained); "
             f"{report.truncated} truncated at {max_length} ({report.truncated_in_prompt} inside a prompt), "
             f"{report.dropped} dropped with nothing left to train, {report.bad} bad skipped")

@@ -31,6 +31,7 @@ class SourceReport:
     tokens: int  # tokens of the used samples
     trained_tokens: int  # of which carry a label
     pretraining: int = 0  # usable records that are pretraining text (no template, every token trained)
+    held_out: int = 0  # samples kept for evaluation (val_size), never trained on
 
 
 def prepare_tokenizer(tokenizer: Any) -> list[str]:

@@ -19,6 +19,7 @@ from .kinds import unsupported_need
 from .problems import Problem, problem_list, skipped_lines
 from .reading import SourceReport, model_type, prepare_tokenizer, read_source
 from .sources import progress_bars, records_of
+from .splits import held_out_count, val_size_of
 
 BAR_FROM = 5_000  # records in a file from which checking shows a progress bar
 
@@ -34,7 +35,7 @@ def check(recipe: RecipeSource, notes: list[str] | None = None) -> list[SourceRe
     unusable: list[str] = []
     notes = [] if notes is None else notes
     reports, waiting = [], []  # waiting: (report, located needs) until the template's abilities are known
-    for source in recipe.data:
+    for index, source in enumerate([*recipe.data, *recipe.eval_data]):
         records = bad = plain = 0
         names, needing = set(), []
         for file, fmt in read_source(source, plugins.formats, problems, unusable, notes):
@@ -50,8 +51,13 @@ def check(recipe: RecipeSource, notes: list[str] | None = None) -> list[SourceRe
             bad += len(located) + len(file.bad_lines)
             plain += sum(columns["pretraining"].to_pylist())
             names.add(fmt.name)
+        held = held_out_count(records - bad, val_size_of(recipe, source)) if index < len(recipe.data) else 0
+        if held and held >= records - bad:
+            unusable.append(f"{source.path}: val_size {val_size_of(recipe, source):g} holds out {held} of its "
+                            f"{records - bad} good records, leaving none to train on. Give a smaller fraction "
+                            "or count.")
         report = SourceReport(source.path, ",".join(sorted(names)), 0, records, bad, 0, 0, 0,
-                              records - bad, 0, 0, 0, plain)
+                              records - bad, 0, 0, 0, plain, held)
         reports.append(report)
         waiting.append((report, needing))
     if any(needing for _, needing in waiting):

@@ -234,9 +234,10 @@ class Plugins:
         """The backend, template and format names a recipe may use here."""
         return Names(tuple(self.backends), tuple(self.templates), tuple(self.formats))
 
-    def read_recipe(self, source: RecipeSource, overrides: Sequence[str] = ()) -> Recipe:
-        """The recipe read and validated, its names checked against these plugins'."""
-        return read_recipe(source, overrides, self.names())
+    def read_recipe(self, source: RecipeSource, overrides: Sequence[str] = (), surroundings: bool = False) -> Recipe:
+        """The recipe read and validated, its names checked against these plugins'
+        (`surroundings`: the model and output folder too, as `portaft validate` and `run` do)."""
+        return read_recipe(source, overrides, self.names(), surroundings)
 
     # --- per run: training callbacks and speed-ups ---------------------------------------------
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 
 from portaft.errors import RecipeError, UserError
 
+from .checks import combination_problems, surroundings_problems
 from .overrides import apply_overrides
 from .schema import Recipe, training_arguments_schema
 from .yamlpaths import format_path, load_yaml_with_lines, nearest_line
@@ -35,10 +36,12 @@ class Names:
 RecipeSource = typing.Union[str, Path, dict, Recipe]
 
 
-def read_recipe(source: RecipeSource, overrides: typing.Sequence[str] = (), names: Names | None = None) -> Recipe:
+def read_recipe(source: RecipeSource, overrides: typing.Sequence[str] = (), names: Names | None = None,
+                surroundings: bool = False) -> Recipe:
     """Read and validate a recipe; raise RecipeError listing every problem. `names`: the
     backends, templates and formats a recipe may name (None: those names are not checked;
-    `portaft.load_recipe` passes the installed plugins')."""
+    `portaft.load_recipe` passes the installed plugins'). `surroundings`: also check that
+    the model can be found and the output folder written (checks.surroundings_problems)."""
     lines: dict = {}
     if isinstance(source, Recipe):
         data, name = source.model_dump(), "recipe"
@@ -53,11 +56,11 @@ def read_recipe(source: RecipeSource, overrides: typing.Sequence[str] = (), name
         if not isinstance(data, dict):
             raise UserError(f"{name}: a recipe is a YAML mapping (model:, data:, train: ...), not a {type(data).__name__}.")
     overridden = apply_overrides(data, overrides)
-    return validate(data, name, lines, overridden, names)
+    return validate(data, name, lines, overridden, names, surroundings)
 
 
 def validate(data: dict, name: str, lines: dict, overridden: dict[tuple, str] | None = None,
-             names: Names | None = None) -> Recipe:
+             names: Names | None = None, surroundings: bool = False) -> Recipe:
     overridden = overridden or {}
     problems: list[tuple[tuple, str]] = []
     train_raw = data.get("train")
@@ -69,7 +72,7 @@ def validate(data: dict, name: str, lines: dict, overridden: dict[tuple, str] | 
     if isinstance(train_raw, dict):
         schema = training_arguments_schema()
         try:
-            train = schema.model_validate(train_raw).model_dump(exclude_unset=True)
+            train = _keep_ints(schema.model_validate(train_raw).model_dump(exclude_unset=True), train_raw)
             if recipe is not None:
                 recipe.train = train
         except ValidationError as exc:
@@ -77,12 +80,24 @@ def validate(data: dict, name: str, lines: dict, overridden: dict[tuple, str] | 
             problems += [(("train",) + tuple(err["loc"]), _describe(err, schema)) for err in exc.errors()]
         else:
             problems += _check_train_ranges(train)
-    problems += _check_files(data)
+    problems += _check_files(data) + combination_problems(data)
+    if surroundings:
+        problems += surroundings_problems(data)
     if names is not None:
         problems += _check_names(data, names)
     if problems:
         raise RecipeError(name, [_locate(path, msg, name, lines, overridden) for path, msg in problems])
     return recipe
+
+
+def _keep_ints(train: dict, written: dict) -> dict:
+    """TrainingArguments types num_train_epochs, logging_steps... as float: a whole number
+    written as one stays one (`30`, not `30.0`) in the effective recipe and the report."""
+    for key, value in written.items():
+        if isinstance(value, int) and not isinstance(value, bool) and isinstance(train.get(key), float) \
+                and train[key] == value:
+            train[key] = value
+    return train
 
 
 # Keys people bring from LLaMA-Factory / PEFT recipes, too unlike portaft's for a spelling
@@ -134,7 +149,7 @@ TRAIN_RANGES = (
     ("learning_rate", lambda v: v <= 0, "more than 0"),
     ("per_device_train_batch_size", lambda v: v < 1, "1 or more"),
     ("gradient_accumulation_steps", lambda v: v < 1, "1 or more"),
-    ("warmup_ratio", lambda v: not 0 <= v <= 1, "between 0 and 1"),
+    ("warmup_ratio", lambda v: not 0 <= v < 1, "0 or more and below 1 (a fraction of the steps)"),
     ("warmup_steps", lambda v: v < 0, "0 or more"),
     ("logging_steps", lambda v: v <= 0, "more than 0"),
     ("save_steps", lambda v: v <= 0, "more than 0"),

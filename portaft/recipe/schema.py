@@ -10,7 +10,7 @@ import functools
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -50,6 +50,10 @@ class DataSource(_Section):
         None, description="A LLaMA-Factory dataset_info.json; with `name`, its entry gives path, formatting, "
         "columns, tags.")
     name: str | None = Field(None, description="The dataset_info.json entry to read.")
+    val_size: int | float | None = Field(
+        None, gt=0, description="Hold out this share of the source for evaluation: a fraction below 1 or a count "
+        "(replaces the recipe's val_size for this source)."
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -77,6 +81,19 @@ class DataSource(_Section):
             if problems:
                 raise ValueError(" ".join(problems))
         return self
+
+    @field_validator("val_size")
+    @classmethod
+    def _fraction_or_count(cls, value: int | float | None) -> int | float | None:
+        return _fraction_or_count(value)
+
+
+def _fraction_or_count(value: int | float | None) -> int | float | None:
+    if isinstance(value, float) and value >= 1:
+        if not value.is_integer():
+            raise ValueError("give a fraction below 1 (0.1) or a whole count of samples (200)")
+        return int(value)
+    return value
 
 
 class LoraSection(_Section):
@@ -132,6 +149,13 @@ class Recipe(_Section):
     speed_ups: dict[str, bool] = Field(
         default_factory=dict, description="A speed-up turned off by name (NAME: false), as the run's notes name it."
     )
+    val_size: int | float | None = Field(
+        None, gt=0, description="Hold out this share of every data source for evaluation (eval_loss): a fraction "
+        "below 1 (0.1) or a count of samples per source (200); fixed by train.seed."
+    )
+    eval_data: list[DataSource] = Field(
+        default_factory=list, description="Sources to evaluate on (eval_loss), read like data: and never trained on."
+    )
     finetune: Literal["lora", "full"] = Field(
         "lora", description="lora: train an adapter (the lora section); full: update every weight of the model."
     )
@@ -144,6 +168,10 @@ class Recipe(_Section):
         default_factory=list, description="Questions answered greedily before and after training: a string, or a "
         "conversation (a list of {role, content} turns ending with the user's) for multi-turn behaviour."
     )
+    eval_max_new_tokens: int = Field(
+        48, gt=0, description="Longest answer to an eval prompt, in tokens; an answer also ends at the template's "
+        "end-of-turn token."
+    )
     eval_every: int | None = Field(
         None, gt=0, description="Also answer eval_prompts every this many optimizer steps while training."
     )
@@ -155,26 +183,12 @@ class Recipe(_Section):
         False, description="With resume: false, start over in a non-empty output_dir (its checkpoints are removed)."
     )
 
-    @model_validator(mode="after")
-    def _eval_every_needs_prompts(self) -> "Recipe":
-        if self.eval_every is not None and not self.eval_prompts:
-            raise ValueError("eval_every is set but eval_prompts is empty: add the questions to answer")
-        return self
+    @field_validator("val_size")
+    @classmethod
+    def _fraction_or_count(cls, value: int | float | None) -> int | float | None:
+        return _fraction_or_count(value)
 
-    @model_validator(mode="after")
-    def _conversations_end_with_the_user(self) -> "Recipe":
-        for index, prompt in enumerate(self.eval_prompts):
-            if isinstance(prompt, list) and (not prompt or prompt[-1].role != "user"):
-                raise ValueError(f"eval_prompts[{index}] is a conversation that does not end with a user turn: "
-                                 "end it with the question to answer")
-        return self
-
-    @model_validator(mode="after")
-    def _quantized_base_is_frozen(self) -> "Recipe":
-        if self.quantization is not None and self.finetune == "full":
-            raise ValueError("quantization is set with finetune: full, but quantized weights cannot be trained: "
-                             "use finetune: lora (QLoRA) or remove quantization")
-        return self
+    # checks across several keys are in checks.py: they cite the key to change
 
 
 # --- the `train` section is checked against the installed TrainingArguments ----------

@@ -18,6 +18,7 @@ from portaft.plugins import get_plugins
 from portaft.recipe import RecipeSource
 
 from .dataset import read_data
+from .livelog import library_warnings
 from .model import load_model
 from .notes import Notes
 from .plan import make_plan
@@ -39,15 +40,16 @@ def run(
     """
     started = time.time()
     notes = Notes(echo)
-    resolved = resolve(recipe, backend, overrides, get_plugins(), notes)
-    world = enter(resolved, notes)
-    if world.start.finished is not None:
-        return already_finished(resolved, world, notes)
-    tokenizer, built = read_data(resolved, world, notes)
-    model = load_model(resolved, tokenizer, notes)
-    plan = make_plan(resolved, world, model, tokenizer, built, notes)
-    trained = train(resolved, world, model, tokenizer, built, plan, notes)
-    return save(resolved, world, tokenizer, built, trained, notes, started)
+    with library_warnings():  # known ones go to the run's portaft_log.jsonl, not the terminal
+        resolved = resolve(recipe, backend, overrides, get_plugins(), notes)
+        world = enter(resolved, notes)
+        if world.start.finished is not None:
+            return already_finished(resolved, world, notes)
+        tokenizer, built = read_data(resolved, world, notes)
+        model = load_model(resolved, tokenizer, notes)
+        plan = make_plan(resolved, world, model, tokenizer, built, notes)
+        trained = train(resolved, world, model, tokenizer, built, plan, notes)
+        return save(resolved, world, tokenizer, built, trained, notes, started)
 
 
 __all__ = ["RunResult", "run"]

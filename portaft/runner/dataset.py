@@ -20,6 +20,8 @@ def read_data(resolved: Any, world: Any, notes: Notes) -> tuple[Any, data.Built]
         built = data.build(recipe, tokenizer, resolved.plugins)
     for report in built.reports:
         notes.say(data.describe(report, recipe.max_length))
+    for report in built.eval_reports:
+        notes.say("eval " + data.describe(report, recipe.max_length))
     notes.add(*built.notes)
     for line in built.warnings:
         notes.say(f"warning: {line}")

@@ -60,9 +60,13 @@ def loss_figure(log_history: list[dict], title: str) -> Any:
     axes[0].set_title(title)
     if not drawn:
         axes[0].text(0.5, 0.5, "no training step was logged", ha="center", va="center", transform=axes[0].transAxes)
+    evaluated = series(log_history, "eval_loss")
     for ax, (label, steps, values) in zip(axes, drawn):
-        ax.plot(steps, values, marker="o" if len(steps) < 50 else None, markersize=3)
-        ax.set_ylabel(label)
+        ax.plot(steps, values, marker="o" if len(steps) < 50 else None, markersize=3, label=label)
+        if label == "training loss" and evaluated[0]:  # held-out loss beside it, on the same scale
+            ax.plot(*evaluated, marker="s", markersize=4, color="tab:orange", label="eval loss")
+            ax.legend(loc="upper right")
+        ax.set_ylabel("loss" if label == "training loss" and evaluated[0] else label)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("optimizer step")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # no step 2.5
@@ -156,7 +160,7 @@ def _data(record: dict) -> str:
 def _losses(record: dict) -> str:
     log_history, metrics = record.get("log_history") or [], record.get("metrics") or {}
     steps, losses = series(log_history, "loss")
-    lines = ["## Loss\n", f"![loss, grad norm and learning rate per step]({LOSS_CHART})\n"]
+    lines = ["## Loss\n", f"![loss (and eval loss), grad norm and learning rate per step]({LOSS_CHART})\n"]
     if losses:
         finite = [(v, s) for s, v in zip(steps, losses) if math.isfinite(v)]
         low, at = min(finite) if finite else (math.nan, "?")
@@ -166,6 +170,11 @@ def _losses(record: dict) -> str:
                 ("lowest loss", f"{low:.4f} (step {at})")]
     else:
         rows = [("logged steps", "none: no loss was logged (zero steps, or logging_steps larger than the run)")]
+    eval_steps, eval_losses = series(log_history, "eval_loss")
+    if eval_losses:
+        low, at = min(zip(eval_losses, eval_steps))
+        rows += [("eval loss", f"{len(eval_steps)} evaluations: first {eval_losses[0]:.4f} (step {eval_steps[0]}), "
+                               f"last {eval_losses[-1]:.4f} (step {eval_steps[-1]}), lowest {low:.4f} (step {at})")]
     if isinstance(metrics.get("train_loss"), (int, float)):
         rows.append(("mean loss (train_loss)", f"{metrics['train_loss']:.4f}"))
     if isinstance(metrics.get("train_runtime"), (int, float)):

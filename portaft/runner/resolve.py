@@ -19,6 +19,7 @@ from portaft.data.packing import resolve_packing
 from portaft.errors import UserError
 from portaft.plugins import Plugins
 from portaft.recipe import Recipe, RecipeSource
+from portaft.recipe.defaults import apply_defaults
 from portaft.speed_ups import SETTINGS, Training, apply_stage
 
 from . import tracking
@@ -38,12 +39,12 @@ class Resolved:
 
 def resolve(source: RecipeSource, backend_name: str | None, overrides: Sequence[str], plugins: Plugins,
             notes: Notes) -> Resolved:
-    recipe = plugins.read_recipe(source, overrides)
+    recipe = plugins.read_recipe(source, overrides, surroundings=True)
     backend = plugins.choose_backend(recipe, backend_name)
     notes.say(f"backend {backend.name} (device {'cpu' if recipe.device == 'cpu' else backend.device_type})")
     effective, changes = backend.resolve(recipe)
     effective.backend = backend.name
-    notes.add(*changes)
+    notes.add(*changes, *apply_defaults(effective))
     processes = int(os.environ.get("WORLD_SIZE", "1"))
     device = backend.device_for(effective)
     notes.add(*engines.complete(effective, device, processes, _name(source)))

@@ -37,6 +37,9 @@ def save(resolved: Any, world: Any, tokenizer: Any, built: Any, trained: Any, no
                        trained.before, trained.after, trained.during)
     if trainer.is_world_process_zero():
         output_dir.mkdir(parents=True, exist_ok=True)
+        # save_model writes the pickled TrainingArguments beside the adapter too; they belong
+        # in checkpoints (resuming reads them), the run's settings are in portaft_recipe.yaml
+        (output_dir / "training_args.bin").unlink(missing_ok=True)
         tokenizer.save_pretrained(str(output_dir))
         write_recipe(output_dir, resolved.recipe, result.notes)
         record = {
@@ -49,6 +52,7 @@ def save(resolved: Any, world: Any, tokenizer: Any, built: Any, trained: Any, no
             "resumed_from": str(world.start.checkpoint) if world.start.checkpoint else None,
             "notes": result.notes,
             "data": data.report_rows(built.reports),
+            "eval_data": data.report_rows(built.eval_reports),
             "skipped": [str(problem) for problem in built.skipped],
             "metrics": result.metrics,
             "peak_memory_gib": peak_device_memory_gib(world.args.device),

@@ -47,6 +47,7 @@ def train(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, pla
             output = _fit(trainer, None)
     finally:
         watching.loss.close()
+        watching.live.close()
         for done in plan.on_exit:
             done()
     if watching.loss.bad_step is not None:
@@ -58,9 +59,10 @@ def train(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, pla
 
 def _watched_trainer(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, plan: Any,
                      notes: Notes) -> tuple[Any, Any]:
+    evaluation = {"eval_dataset": built.eval_dataset} if built.eval_dataset is not None else {}
     trainer = resolved.backend.trainer(model=model, args=world.args, train_dataset=built.dataset,
                                        data_collator=plan.batches.collator, tokenizer=tokenizer,
-                                       batch_sampler=plan.batches.sampler)
+                                       batch_sampler=plan.batches.sampler, **evaluation)
     return trainer, watch.attach(trainer, resolved, world, built.template, tokenizer, plan.callbacks, notes.say)
 
 

@@ -19,16 +19,24 @@ from transformers.trainer_callback import ProgressCallback, TrainerCallback
 from portaft.errors import UserError
 
 from .checkpoints import CompleteCheckpoints, checkpoint_folders, is_complete
+from .livelog import LOG_FILE, LiveLog, current_warnings
 
 
 class ReadableProgress(ProgressCallback):
-    """transformers' progress bar, with log lines written for people instead of dicts."""
+    """transformers' progress bar (steps, elapsed, ETA) with the tokens/s of the live log,
+    and log lines written for people instead of dicts."""
+
+    live: LiveLog | None = None
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
         if not state.is_world_process_zero or self.training_bar is None or not logs:
             return super().on_log(args, state, control, logs=logs, **kwargs)
+        speed = (self.live.latest if self.live else {}).get("tokens_per_s")
+        if speed is not None and "loss" in logs:
+            self.training_bar.set_postfix_str(f"{speed:,.0f} tokens/s", refresh=False)
         parts = [f"step {state.global_step}/{state.max_steps}"]
-        for key, label, spec in (("loss", "loss", ".4f"), ("grad_norm", "grad_norm", ".3f"),
+        for key, label, spec in (("loss", "loss", ".4f"), ("eval_loss", "eval loss", ".4f"),
+                                 ("grad_norm", "grad_norm", ".3f"),
                                  ("learning_rate", "lr", ".2e"), ("epoch", "epoch", ".2f"),
                                  ("train_loss", "mean loss", ".4f"), ("train_runtime", "seconds", ".1f")):
             if key in logs:
@@ -133,35 +141,41 @@ class Watching:
     loss: LossWatch
     during: AnswersWhileTraining | None
     ask: Callable[[str, Any], list[dict]]  # (when, model) -> the eval prompts' answers, printed
+    live: LiveLog
 
 
 def attach(trainer: Any, resolved: Any, world: Any, template: str, tokenizer: Any, extra: list[Any],
            say: Callable[[str], None]) -> Watching:
     """Add portaft's callbacks to `trainer`, then `extra` (the speed-ups')."""
     recipe = resolved.recipe
+    live = LiveLog(world.output_dir / LOG_FILE, trainer.model, current_warnings())
+    trainer.add_callback(live)  # before the progress bar, which shows its tokens/s
+    progress = ReadableProgress()
+    progress.live = live
     trainer.remove_callback(ProgressCallback)
-    trainer.add_callback(ReadableProgress)
+    trainer.add_callback(progress)
     for callback in resolved.tracking.callbacks:  # plugins' (register_callbacks)
         trainer.add_callback(callback)
     trainer.add_callback(CompleteCheckpoints(world.identity, world.keep))
     loss = LossWatch(trainer.model)
     trainer.add_callback(loss)
     ask = functools.partial(answer_and_show, tokenizer=tokenizer, template=template, system=recipe.system,
-                            prompts=recipe.eval_prompts if world.first else [], device=world.args.device, say=say)
+                            prompts=recipe.eval_prompts if world.first else [], device=world.args.device, say=say,
+                            max_new_tokens=recipe.eval_max_new_tokens)
     during = AnswersWhileTraining(ask, recipe.eval_every) if recipe.eval_every else None
     for callback in ([during] if during else []) + extra:
         trainer.add_callback(callback)
-    return Watching(loss, during, ask)
+    return Watching(loss, during, ask, live)
 
 
 def answer_and_show(when: str, model: Any, *, tokenizer: Any, template: str, system: str | None,
-                    prompts: list, device: Any, say: Callable[[str], None]) -> list[dict]:
+                    prompts: list, device: Any, say: Callable[[str], None], max_new_tokens: int = 48) -> list[dict]:
     from portaft.samples import answer_prompts
 
     if not prompts:
         return []
     model.to(device)  # before training the Trainer has not placed the model yet
-    answers = answer_prompts(model, tokenizer, template, prompts, system=system)
+    answers = answer_prompts(model, tokenizer, template, prompts, max_new_tokens=max_new_tokens, system=system)
     for item in answers:
         say(f"{when}: Q: {item['prompt']}\n         A: {item['answer']}")
     return answers

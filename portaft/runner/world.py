@@ -46,7 +46,7 @@ class World:
 def enter(resolved: Any, notes: Notes) -> World:
     recipe = resolved.recipe
     args = resolved.backend.training_arguments(**{
-        "remove_unused_columns": False, **recipe.train,
+        **recipe.train,
         "save_total_limit": None,  # portaft rotates checkpoints, counting complete ones only (checkpoints.py)
         "report_to": resolved.tracking.report_to})
     notes.add(*_one_device_per_process(args, resolved.processes))

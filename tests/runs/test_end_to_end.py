@@ -121,7 +121,7 @@ def test_an_eval_prompt_may_be_a_conversation(tiny_model, tokenizer, monkeypatch
     assert seen[1] == [{"role": "system", "content": "S"}, *turns]
     assert answers[1]["prompt"] == "你是谁？" and answers[1]["conversation"] == turns
     assert "conversation" not in answers[0]
-    with pytest.raises(portaft.RecipeError, match=r"eval_prompts\[0\] is a conversation that does not end with a user"):
+    with pytest.raises(portaft.RecipeError, match=r"eval_prompts\[0\]: a conversation that does not end with a user"):
         portaft.load_recipe({**recipe_dict, "eval_prompts": [turns[:2]]})
 
 

@@ -49,7 +49,7 @@ def test_the_openmind_path_trains_on_the_cpu_exactly_like_the_cpu_backend(recipe
 @needs_openmind
 def test_the_openmind_path_refuses_a_hub_id(recipe_dict):
     recipe = {**recipe_dict, "device": "cpu", "model": {"name_or_path": "deepseek-ai/deepseek-llm-7b-chat"}}
-    with pytest.raises(UserError, match="is not a local folder. openMind .* would look a hub id up on its own hub"):
+    with pytest.raises(UserError, match="is not a local folder"):
         portaft.run(recipe, backend="npu", echo=lambda _: None)
 
 

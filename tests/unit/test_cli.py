@@ -29,10 +29,11 @@ def test_validate_lists_every_problem_and_exits_2_without_traceback(write_recipe
     assert "Traceback" not in done.stderr
 
 
-def test_validate_loads_no_model(write_recipe, recipe_dict):
+def test_validate_finds_a_missing_model_folder_without_loading_it(write_recipe, recipe_dict):
     recipe_dict["model"]["name_or_path"] = "/nonexistent/model"
     done = portaft("validate", write_recipe(recipe_dict))
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert "model.name_or_path: '/nonexistent/model': no such folder" in done.stderr
 
 
 def test_run_on_an_unavailable_backend_exits_2(write_recipe, recipe_dict):
@@ -51,7 +52,7 @@ def test_run_with_a_missing_model_folder_exits_2(write_recipe, recipe_dict, tmp_
     done = portaft("run", write_recipe(recipe_dict), f"model.name_or_path={tmp_path / 'no-model'}", "--backend", "cpu",
                    env={"HF_HUB_OFFLINE": "1"})
     assert done.returncode == 2, done.stderr
-    assert "model.name_or_path: cannot load the tokenizer" in done.stderr
+    assert "model.name_or_path: " in done.stderr and "no such folder" in done.stderr  # found before loading
     assert "Traceback" not in done.stderr
 
 

@@ -51,3 +51,17 @@ def test_the_ascend_page_names_every_npu_speed_up_setting_and_simulated_operator
     for operator in (*npu_doubles.OPS, "NpuFusedAdamW"):
         assert f"| `{operator}` |" in page, operator
         assert "hiascend.com" in (npu_doubles.OPS.get(operator) or npu_doubles.NpuFusedAdamW).__doc__, operator
+
+
+def test_every_command_block_runs_or_says_why_not():
+    """tests/runs/test_snippets.py runs each bash/python block; the few it leaves out say why."""
+    from snippets import RUNNABLE, snippets, to_run
+
+    found = snippets()
+    left_out = [s for s in found if s.language in RUNNABLE and s.not_run]
+    assert all(len(s.not_run) > 10 for s in left_out)
+    assert len(left_out) <= 6, [s.where for s in left_out]  # keep the list short
+    first = to_run()[0]
+    assert first.where.startswith("README.md") and first.as_run().startswith(
+        "# 1.") and "pip install" not in first.as_run().splitlines()[-1]
+    assert "portaft run examples/self_identity.yaml" in first.as_run()
