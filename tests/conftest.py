@@ -19,6 +19,15 @@ def pytest_collection_modifyitems(items):
             item.add_marker(TIERS[tier])
 
 
+@pytest.fixture(autouse=True, scope="session")
+def compile_cache_of_the_tests(tmp_path_factory):
+    """Compiled layers keep torch's compile artifacts in the user's cache folder; not the tests'."""
+    import os
+
+    os.environ["PORTAFT_CACHE"] = str(tmp_path_factory.mktemp("portaft-cache"))
+    yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-deepseek")
