@@ -77,6 +77,10 @@ def plan_execution(recipe: Any, args: Any, model: Any, lengths: list[int], proce
     if recipe.packing:
         keep.why = "packed batches: their token budget is the recipe's (packing_tokens)"
         return keep
+    if not normalises_over_the_step():
+        keep.why = ("this transformers averages each micro-batch's loss (num_items_in_batch came in 4.46), so "
+                    "another split would change the loss")
+        return keep
     if recipe.train.get("fsdp") or recipe.train.get("deepspeed"):
         keep.why = "a sharding engine (train.fsdp / train.deepspeed): the memory model does not divide by it yet"
         return keep
@@ -157,6 +161,14 @@ def smaller(execution: Execution, args: Any, recipe: Any, model: Any, error: str
     execution.retries.append(error)
     note = apply_execution(execution, args, recipe, model)[0]
     return [f"out of device memory in the first step ({error}): trying once more. {note}"]
+
+
+def normalises_over_the_step() -> bool:
+    """transformers >= 4.46 divides the loss by the tokens of the whole accumulated step."""
+    import transformers
+    from packaging.version import Version
+
+    return Version(transformers.__version__) >= Version("4.46")
 
 
 def bytes_off(model: Any, device: Any) -> int:

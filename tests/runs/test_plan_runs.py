@@ -32,6 +32,24 @@ def _losses(result):
     return [entry["loss"] for entry in result.log_history if "loss" in entry]
 
 
+needs_step_normalisation = pytest.mark.skipif(not execution.normalises_over_the_step(),
+                                              reason="transformers < 4.46 keeps the recipe's split (tested below)")
+
+
+def test_before_transformers_4_46_plan_auto_keeps_the_split(recipe_dict, tmp_path, monkeypatch):
+    monkeypatch.setattr(execution, "normalises_over_the_step", lambda: False)
+    monkeypatch.setattr(execution, "memory_budget", lambda device, processes: 64 * GIB)
+    import types
+
+    from portaft.recipe import Recipe
+
+    recipe = Recipe.model_validate(_seed_recipe(recipe_dict, tmp_path, "old"))
+    args = types.SimpleNamespace(device=types.SimpleNamespace(type="cuda"))
+    plan = execution.plan_execution(recipe, args, torch.nn.Linear(1, 1), [10], 1, False)
+    assert not plan.changed and "4.46" in plan.why
+
+
+@needs_step_normalisation
 def test_plan_auto_trains_the_losses_of_the_recipe_as_written(recipe_dict, tmp_path, monkeypatch):
     as_written = portaft.run(_seed_recipe(recipe_dict, tmp_path, "as-written", plan="as_written"), backend="cpu",
                              echo=lambda _: None)
@@ -70,6 +88,7 @@ class _RunsOutAboveTwoSamples(TrainerCallback):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
+@needs_step_normalisation
 def test_out_of_memory_in_the_first_step_retries_once_with_a_smaller_micro_batch(recipe_dict, tmp_path, monkeypatch):
     as_written = portaft.run(_seed_recipe(recipe_dict, tmp_path, "as-written", plan="as_written"), backend="cpu",
                              echo=lambda _: None)
@@ -94,6 +113,7 @@ class _RunsOutInStepTwo(TrainerCallback):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 18.00 MiB")
 
 
+@needs_step_normalisation
 def test_out_of_memory_after_the_first_step_is_one_message_saying_what_to_change(recipe_dict, tmp_path, monkeypatch):
     from portaft.errors import UserError
 

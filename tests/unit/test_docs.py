@@ -60,7 +60,8 @@ def test_every_command_block_runs_or_says_why_not():
     found = snippets()
     left_out = [s for s in found if s.language in RUNNABLE and s.not_run]
     assert all(len(s.not_run) > 10 for s in left_out)
-    assert len(left_out) <= 6, [s.where for s in left_out]  # keep the list short
+    # keep the list short: what CI's CPU machine cannot run (GPU, NPU, several machines, Ollama), synopses
+    assert len(left_out) <= 14, [s.where for s in left_out]
     first = to_run()[0]
     assert first.where.startswith("README.md") and first.as_run().startswith(
         "# 1.") and "pip install" not in first.as_run().splitlines()[-1]
