@@ -27,6 +27,14 @@ RENAMED_TRAINING_ARGUMENTS = {
     "push_to_hub_token": "hub_token",  # removed in 5.0
 }
 
+# Removed in transformers 5 with no successor: a recipe written for 4.x (LLaMA-Factory's carry
+# them) keeps working, each dropped with a note saying what happens instead
+REMOVED_TRAINING_ARGUMENTS = {
+    "overwrite_output_dir": "portaft's own `overwrite: true` (with resume: false) starts over in a used folder",
+    "logging_dir": "transformers 5 writes a tracker's logs under output_dir; portaft_log.jsonl is there too",
+    "save_safetensors": "transformers 5 always saves safetensors",
+}
+
 
 def rename_training_arguments(train: dict[str, Any]) -> list[str]:
     """Give a recipe's old argument names the installed TrainingArguments' names, in place;
@@ -47,6 +55,10 @@ def rename_training_arguments(train: dict[str, Any]) -> list[str]:
                 why = ("transformers 5 reads a warmup_steps below 1 as that fraction of the steps"
                        if old == "warmup_ratio" else "its name in this transformers")
                 notes.append(f"train.{old} -> train.{new} ({why})")
+    for old, instead in REMOVED_TRAINING_ARGUMENTS.items():
+        if old in train and old not in known:
+            train.pop(old)
+            notes.append(f"train.{old}: dropped (this transformers has no such argument; {instead})")
     return notes
 
 

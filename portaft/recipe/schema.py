@@ -207,11 +207,13 @@ def training_arguments_schema() -> type[BaseModel]:
     if "fsdp" in fields:  # `fsdp: true` (the effective recipe's), which transformers 5 types as a string
         fields["fsdp"] = (fields["fsdp"][0] | bool, None)
     fields["output_dir"] = (str, ...)  # required: portaft never picks a folder silently
-    from portaft.compat import RENAMED_TRAINING_ARGUMENTS
+    from portaft.compat import REMOVED_TRAINING_ARGUMENTS, RENAMED_TRAINING_ARGUMENTS
 
     for old, new in RENAMED_TRAINING_ARGUMENTS.items():  # the old name is accepted; resolve() renames it
         if old not in fields and new in fields:
             fields[old] = fields[new]
+    for old in REMOVED_TRAINING_ARGUMENTS:  # accepted; resolve() drops it with a note
+        fields.setdefault(old, (Any, None))
     return create_model(
         "TrainSection",
         __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),

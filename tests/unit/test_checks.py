@@ -127,6 +127,28 @@ def test_training_arguments_transformers_renamed_are_translated_with_a_note(reci
     TrainingArguments(**{**effective.train, "output_dir": "unused"})  # what the run will build
 
 
+def test_training_arguments_transformers_removed_are_dropped_with_a_note(recipe_dict):
+    """LLaMA-Factory recipes carry overwrite_output_dir, logging_dir and save_safetensors, which
+    transformers 5 removed with no successor: accepted, and where this transformers lacks one,
+    dropped with a note saying what happens instead; where it has it, passed on."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    import portaft
+
+    recipe_dict["train"].update(overwrite_output_dir=True, logging_dir="logs", save_safetensors=True)
+    effective, notes = portaft.get_backend("cpu").resolve(portaft.load_recipe(recipe_dict))
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    for name in ("overwrite_output_dir", "logging_dir", "save_safetensors"):
+        if name in fields:
+            assert name in effective.train
+        else:
+            assert name not in effective.train
+            assert any(n.startswith(f"train.{name}: dropped (this transformers has no such argument") for n in notes)
+    TrainingArguments(**{**effective.train, "output_dir": "unused"})  # what the run will build
+
+
 def test_warmup_ratio_of_one_or_more_is_refused(recipe_dict):
     import portaft
 
