@@ -42,7 +42,7 @@ def train(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any, pla
             watching.loss.close()
             notes.add(*smaller(plan.execution, world.args, resolved.recipe, model, _first_line(exc)))
             del trainer
-            _release(model)
+            _release(model, world.args.device)
             trainer, watching = _watched_trainer(resolved, world, model, tokenizer, built, plan, notes)
             output = _fit(trainer, None)
     finally:
@@ -96,18 +96,18 @@ def _out_of_memory(exc: Exception, trainer: Any, plan: Any, world: Any) -> UserE
         f"{world.output_dir} let a rerun resume.")
 
 
-def _release(model: Any) -> None:
-    """The failed attempt's gradients and cached blocks given back before the next one."""
+def _release(model: Any, device: Any) -> None:
+    """The failed attempt's gradients and the run's device's cached blocks given back before the
+    next one (torch.cuda, torch.npu...: the module named by the device's type, as execution.py reads it)."""
     import gc
 
     import torch
 
     model.zero_grad(set_to_none=True)
     gc.collect()
-    for name in ("cuda", "npu", "xpu"):
-        module = getattr(torch, name, None)
-        if module is not None and hasattr(module, "empty_cache") and module.is_available():
-            module.empty_cache()
+    module = getattr(torch, device.type, None)
+    if module is not None and hasattr(module, "empty_cache"):
+        module.empty_cache()
 
 
 def _first_line(exc: Exception) -> str:
