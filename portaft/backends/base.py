@@ -136,9 +136,25 @@ class TransformersBackend(abc.ABC):
         extra = {} if recipe.model.attn_implementation == "auto" else {"attn_implementation": recipe.model.attn_implementation}
         if recipe.quantization is not None:
             extra.update(quantization_kwargs(recipe))
+        else:
+            extra.update(self._straight_to_device(recipe))
         return _load("model", recipe, lambda: library.auto_model.from_pretrained(
             recipe.model.name_or_path, trust_remote_code=recipe.model.trust_remote_code, **model_dtype_kwargs(dtype),
             **extra))
+
+    def _straight_to_device(self, recipe: Recipe) -> dict[str, Any]:
+        """from_pretrained's device_map that reads the weights onto this process's device, instead of
+        into host memory for the Trainer to copy over when it starts (7B in bf16: 14 GB read once, not
+        twice). Not on the CPU, and not under FSDP or DeepSpeed, which place (and split) the weights
+        themselves."""
+        import os
+
+        from portaft import engines
+
+        device = self.device_for(recipe)
+        if device.type == "cpu" or recipe.train.get("use_cpu") or engines.asked(recipe):
+            return {}
+        return {"device_map": {"": f"{device.type}:{int(os.environ.get('LOCAL_RANK', '0'))}"}}
 
     def training_arguments(self, **kwargs: Any) -> Any:
         return self.library().training_arguments(**kwargs)

@@ -9,10 +9,13 @@ split of E. Under `plan: auto` portaft picks that split and gradient checkpointi
 memory model of the device: the largest micro-batch (a divisor of E) that fits without
 checkpointing, at least the recipe's own; else the largest that fits with it. `as_written`,
 a device that does not say how much memory it has (the CPU), and packed batches (their
-token budget is the recipe's) keep the recipe's split.
+token budget is the recipe's) keep the recipe's split. Under FSDP, whose activation
+checkpointing is its own setting, the plan keeps that setting and chooses the micro-batch.
 
 The memory model counts, on top of what is already on the device once the model loaded:
-the trainable weights' gradients and AdamW's two moments, and the activations autograd
+the weights still to move there, the trainable weights' gradients and AdamW's two moments
+(each divided as FSDP or DeepSpeed ZeRO splits it over the processes: engines/shards.py),
+and the activations autograd
 keeps per token (every layer's, or with checkpointing each layer's input plus one layer
 recomputed), with the logits unless the loss is fused, for the longest sample times the
 micro-batch (a padded batch is as long as its longest sample). The figures per token are
@@ -28,6 +31,7 @@ from typing import Any
 
 from portaft.compat import checkpointing as asks_for_checkpointing
 from portaft.compat import set_checkpointing
+from portaft.engines import shards
 from portaft.errors import UserError
 
 SAFETY = 1.25  # on the activation estimate: allocator rounding, temporaries the count leaves out
@@ -81,9 +85,6 @@ def plan_execution(recipe: Any, args: Any, model: Any, lengths: list[int], proce
         keep.why = ("this transformers averages each micro-batch's loss (num_items_in_batch came in 4.46), so "
                     "another split would change the loss")
         return keep
-    if recipe.train.get("fsdp") or recipe.train.get("deepspeed"):
-        keep.why = "a sharding engine (train.fsdp / train.deepspeed): the memory model does not divide by it yet"
-        return keep
     budget = memory_budget(args.device, processes)
     if budget is None:
         keep.why = f"the {args.device.type} device does not say how much memory it has"
@@ -91,29 +92,50 @@ def plan_execution(recipe: Any, args: Any, model: Any, lengths: list[int], proce
     facts = ModelFacts.of(model)
     longest = max(lengths) if lengths else 1
     effective = written["micro_batch"] * written["accumulation"]
-    # the Trainer moves a model loaded on the host to the device when it starts: its weights are still to come
-    fixed = facts.training_state_bytes + bytes_off(model, args.device)
+    # the Trainer (or the engine) moves a model loaded on the host to the device when it starts: its weights are
+    # still to come, split over the shard group by FSDP / ZeRO-3
+    split = shards.of(recipe, processes)
+    fixed = facts.device_state_bytes(split, bytes_off(model, args.device))
+    # FSDP checkpoints through its own setting (engines/fsdp.py moved the recipe's there): kept as it is, since
+    # gradient_checkpointing beside FSDP gathers every layer's weights once more
+    fsdp_own = fsdp_checkpointing(recipe)
 
     def peak(micro: int, checkpointing: bool) -> float:
+        checkpointing = checkpointing if fsdp_own is None else fsdp_own
         return fixed + SAFETY * micro * longest * facts.activation_bytes(checkpointing, fused_loss, fused_layers)
 
-    choice = _choose(effective, written["micro_batch"], budget, peak)
+    choice = _choose(effective, written["micro_batch"], budget, peak, may_checkpoint=fsdp_own is None)
+    engine = f"; {split.engine} over {max(1, processes)} process(es) counted" if split.engine else ""
     if choice is None:  # nothing fits by the estimate: the recipe as written, and the OOM retry after it
         micro, checkpointing = written["micro_batch"], written["checkpointing"]
-        why = (f"no split of the {effective} samples a step fits the {budget / GIB:.1f} GiB free by the estimate; "
-               "kept as written")
+        why = (f"no split of the {effective} samples a step fits the {budget / GIB:.1f} GiB free by the estimate"
+               f"{engine}; kept as written")
     else:
         micro, checkpointing = choice
+        how = (f"FSDP's own activation checkpointing {'on' if fsdp_own else 'off'} (kept)" if fsdp_own is not None
+               else f"{'with' if checkpointing else 'without'} gradient checkpointing")
         why = (f"the largest micro-batch of the {effective} samples a step that fits {budget / GIB:.1f} GiB free "
-               f"{'with' if checkpointing else 'without'} gradient checkpointing (longest sample {longest} tokens)")
+               f"{how} (longest sample {longest} tokens{engine})")
     return Execution("auto", micro, effective // micro, checkpointing, written, why, round(budget / GIB, 2),
                      round(peak(micro, checkpointing) / GIB, 2))
 
 
-def _choose(effective: int, written_micro: int, budget: float, peak: Any) -> tuple[int, bool] | None:
+def fsdp_checkpointing(recipe: Any) -> bool | None:
+    """FSDP's own activation checkpointing setting under train.fsdp, else None."""
+    if not recipe.train.get("fsdp"):
+        return None
+    config = recipe.train.get("fsdp_config")
+    return bool(config.get("activation_checkpointing")) if isinstance(config, dict) else False
+
+
+def _choose(effective: int, written_micro: int, budget: float, peak: Any,
+            may_checkpoint: bool = True) -> tuple[int, bool] | None:
     """Without checkpointing at a micro-batch at least the recipe's (it recomputes every layer:
-    about a third more compute); else the largest micro-batch that fits with it."""
+    about a third more compute); else the largest micro-batch that fits with it. Where the
+    checkpointing is not the plan's to choose (FSDP's own), the largest micro-batch that fits."""
     divisors = [m for m in range(effective, 0, -1) if effective % m == 0]
+    if not may_checkpoint:
+        return next(((m, False) for m in divisors if peak(m, False) <= budget), None)
     for micro in divisors:
         if micro >= min(written_micro, effective) and peak(micro, False) <= budget:
             return micro, False
@@ -134,6 +156,7 @@ def apply_execution(execution: Execution, args: Any, recipe: Any, model: Any) ->
     recipe.train.update(per_device_train_batch_size=execution.micro_batch,
                         gradient_accumulation_steps=execution.accumulation)
     set_checkpointing(recipe.train, args, execution.checkpointing)
+    shards.rederive_deepspeed_config(args)
     if execution.checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # a frozen embedding's output must carry gradients through checkpoints
     w = execution.written
@@ -229,9 +252,14 @@ class ModelFacts:
                    floating.element_size() if floating is not None else 4,
                    sum(p.numel() * p.element_size() for p in trainable), rank)
 
-    @property
-    def training_state_bytes(self) -> float:
-        return 3 * self.trainable_bytes  # gradients, AdamW's two moments (kept in the weights' dtype)
+    def device_state_bytes(self, split: shards.Shards, weights_to_come: float) -> float:
+        """What stays on each process's device besides activations: the weights not there yet,
+        gradients and AdamW's two moments, each divided as the engine splits it, plus the
+        decoder layers a weight-sharding engine holds whole while they compute."""
+        layer = weights_to_come / max(1, self.layers)
+        return (split.on_device(weights_to_come, split.weights) + split.gathered_layers * layer
+                + split.on_device(self.trainable_bytes, split.gradients)
+                + split.on_device(2 * self.trainable_bytes, split.optimizer))
 
     def activation_bytes(self, checkpointing: bool, fused_loss: bool, fused_layers: bool = False) -> float:
         """Bytes autograd keeps per token. One Llama-style layer keeps: the two RMSNorms' input,

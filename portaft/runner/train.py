@@ -73,11 +73,13 @@ def _fit(trainer: Any, checkpoint: Any) -> Any:
 
 def _retry_smaller(exc: Exception, trainer: Any, checkpoint: Any, plan: Any) -> bool:
     """Out of device memory before the first optimizer step, under plan auto, and not yet retried:
-    no weight has changed, so a fresh Trainer with a smaller micro-batch trains the same run."""
+    no weight has changed, so a fresh Trainer with a smaller micro-batch trains the same run. Not
+    under FSDP or DeepSpeed: they have already sharded or wrapped the model in place."""
     import torch
 
+    engine = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
     return (isinstance(exc, torch.OutOfMemoryError) and plan.execution.mode == "auto" and checkpoint is None
-            and not plan.execution.retries and trainer.state.global_step == 0)
+            and not plan.execution.retries and trainer.state.global_step == 0 and not engine)
 
 
 def _out_of_memory(exc: Exception, trainer: Any, plan: Any, world: Any) -> UserError | None:

@@ -157,3 +157,73 @@ def test_weights_the_trainer_has_still_to_move_to_the_device_count_against_its_m
     args = types.SimpleNamespace(device=types.SimpleNamespace(type="cuda"))
     plan = plan_execution(_recipe(), args, on_host, [1024, 300], 1, fused_loss=True, fused_layers=True)
     assert (plan.micro_batch, plan.checkpointing) == (2, False) and plan.predicted_peak_gib <= 22
+
+
+def _sharded_plan(train, processes, budget_gib, monkeypatch):
+    """The 7B's 14 GB of bf16 weights still on the host (FSDP and DeepSpeed place them themselves)."""
+    monkeypatch.setattr(execution, "memory_budget", lambda device, processes: budget_gib * GIB)
+    monkeypatch.setattr(execution, "bytes_off", lambda model, device: 14e9)
+    monkeypatch.setattr(ModelFacts, "of", classmethod(lambda cls, model: SEVEN_B))
+    args = types.SimpleNamespace(device=types.SimpleNamespace(type="cuda"))
+    return plan_execution(_recipe(train=train), args, object(), [1024, 300], processes, fused_loss=True)
+
+
+def test_the_memory_model_divides_what_a_sharding_engine_splits_over_its_processes(monkeypatch):
+    zero3 = {"deepspeed": {"zero_optimization": {"stage": 3}}}
+    zero2 = {"deepspeed": {"zero_optimization": {"stage": 2}}}
+    plain = _sharded_plan({}, 4, 40, monkeypatch)
+    split3 = _sharded_plan(zero3, 4, 40, monkeypatch)
+    # ZeRO-3 keeps a quarter of the weights (and two gathered layers) on each of 4 devices: room for more samples
+    assert split3.micro_batch > plain.micro_batch
+    assert "DeepSpeed ZeRO-3 over 4 process(es) counted" in split3.why
+    assert _sharded_plan(zero3, 1, 40, monkeypatch).micro_batch == plain.micro_batch  # one process: nothing splits
+    # ZeRO-2 keeps the weights whole: only the (small) LoRA gradients and optimizer state divide
+    split2 = _sharded_plan(zero2, 4, 40, monkeypatch)
+    assert split2.micro_batch == plain.micro_batch
+    assert split2.predicted_peak_gib < plain.predicted_peak_gib
+
+
+def test_under_fsdp_the_plan_keeps_fsdps_own_activation_checkpointing_and_chooses_the_micro_batch(monkeypatch):
+    # engines/fsdp.py has moved the recipe's gradient_checkpointing into fsdp_config
+    fsdp = {"fsdp": True, "fsdp_config": {"activation_checkpointing": True}, "gradient_checkpointing": False}
+    plan = _sharded_plan(fsdp, 2, 30, monkeypatch)
+    assert plan.checkpointing is False and plan.micro_batch == 16  # checkpointed activations are small
+    assert "FSDP's own activation checkpointing on (kept)" in plan.why
+    uncheckpointed = _sharded_plan({**fsdp, "fsdp_config": {}}, 2, 30, monkeypatch)
+    assert uncheckpointed.micro_batch < 16 and uncheckpointed.checkpointing is False
+    recipe = _recipe(train=fsdp)
+    args = types.SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=8,
+                                 gradient_checkpointing=False)
+    apply_execution(plan, args, recipe, object())
+    assert args.gradient_checkpointing is False and recipe.train["fsdp_config"]["activation_checkpointing"] is True
+
+
+def test_the_shard_group_of_each_engine_setting():
+    from portaft.engines import shards
+
+    def of(train, processes=4):
+        return shards.of(_recipe(train=train), processes)
+
+    assert of({}) == shards.Shards("")
+    assert (of({"fsdp": True}).weights, of({"fsdp": True}).gathered_layers) == (4, 2)
+    grad_op = of({"fsdp": True, "fsdp_config": {"reshard_after_forward": False}})
+    assert (grad_op.weights, grad_op.gradients, grad_op.optimizer) == (1, 4, 4)
+    assert of({"fsdp": True, "fsdp_config": {"cpu_offload": True}}).weights is None
+    assert of({"deepspeed": "zero2"}).weights == 1 and of({"deepspeed": "zero2"}).optimizer == 4
+    offload = of({"deepspeed": "zero3_offload"})
+    assert (offload.weights, offload.gradients, offload.optimizer) == (None, 4, None)
+    assert of({"deepspeed": {"zero_optimization": {"stage": 1}}}).gradients == 1
+
+
+def test_a_changed_split_reaches_deepspeeds_config(tmp_path):
+    pytest.importorskip("deepspeed")
+    from transformers import TrainingArguments
+
+    from portaft.engines import deepspeed, shards
+
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=8,
+                             deepspeed=str(deepspeed.preset_path("zero2")), report_to="none")
+    args.per_device_train_batch_size, args.gradient_accumulation_steps = 8, 2
+    shards.rederive_deepspeed_config(args)
+    assert args.hf_deepspeed_config.config["train_micro_batch_size_per_gpu"] == 8
+    assert args.hf_deepspeed_config.config["gradient_accumulation_steps"] == 2
