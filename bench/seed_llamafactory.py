@@ -33,6 +33,7 @@ from pathlib import Path
 
 PATHS = ("llamafactory-defaults", "llamafactory-best")
 BEST = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "disable_gradient_checkpointing": True}
+LIGER_APPLIED = "Liger kernel has been applied to the model."
 FIRST_LOSS = re.compile(r"['\"]loss['\"]\s*:")
 
 
@@ -140,8 +141,11 @@ def run(work: Path, path: str, model: Path, data: Path, train: dict, lora: dict,
     wall = time.time() - started
     output = "".join(lines)
     (work / f"{path}-{dataset}.log").write_text(output)
+    split = split_of(settings)
+    # it skips the kernel with only a warning for a model type it does not know: say whether it ran
+    split["liger_kernel"] = split["liger_kernel"] and LIGER_APPLIED in output
     base = {"command": f"DISABLE_VERSION_CHECK=1 llamafactory-cli train {config_file.name}", "config": settings,
-            "split": split_of(settings), "wall_s": round(wall, 1)}
+            "split": split, "wall_s": round(wall, 1)}
     if child.returncode != 0 or not (output_dir / "adapter_config.json").is_file():
         return {**base, "error": output[-3000:]}
     peak = json.loads(peak_file.read_text())["peak_memory_gib"]

@@ -195,6 +195,7 @@ def table(record: dict) -> str:
             continue
         plan = path.get("plan") or path.get("split") or {}
         split = (f"{plan['micro_batch']} x {plan['accumulation']}{', ckpt' if plan['checkpointing'] else ''}"
+                 f"{', Liger' if plan.get('liger_kernel') else ''}"
                  if plan else "2 x 8, ckpt")
         rows.append(f"| {name} | {path['wall_s']} | {path.get('launch_to_first_step_s')} | {path['train_s']} | "
                     f"{path['trained_tokens_per_s']:,.0f} | {path['peak_gib']} | {split} | {path['steps']} | "
