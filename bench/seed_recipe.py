@@ -3,6 +3,7 @@ plain transformers + peft, end to end, one process per path (issue 28).
 
     python bench/seed_recipe.py --conversations 400 --paths auto as_written hf --out bench/results/seed-recipe-DATE
     python bench/seed_recipe.py --shape tiny --conversations 24 --out /tmp/seed-smoke       # CPU smoke run
+    python bench/seed_recipe.py --paths llamafactory-defaults llamafactory-best ...         # LLaMA-Factory installed
 
 Model: a random DeepSeek-LLM-7B-shaped model (bench/models.py: 30 layers, hidden 4096, FFN
 11008, the DeepSeek tokenizer's 129,280 ids), bf16. Data: EmoLLM-style multi-turn chats in
@@ -16,7 +17,10 @@ so the paths' losses compare). Paths:
 - as_written: `portaft run recipe.yaml plan=as_written`;
 - extra portaft paths: `--variant NAME=override,override` (e.g. to turn a speed-up off);
 - hf: a plain Trainer + peft script with the same settings (DataCollatorForSeq2Seq, SDPA)
-  on the same token ids (portaft's data step).
+  on the same token ids (portaft's data step);
+- llamafactory-defaults, llamafactory-best: LLaMA-Factory 0.9.5 on the same conversations
+  (bench/seed_llamafactory.py: its defaults with the seed's settings; micro-batch 16, Liger
+  kernel, no checkpointing).
 
 Measured: wall clock from launch to saved adapter (the process's whole life), the Trainer's
 train_runtime, useful (non-pad) tokens trained per second of train_runtime (compile
@@ -38,6 +42,7 @@ HERE = Path(__file__).resolve().parent
 SEED_TRAIN = {"per_device_train_batch_size": 2, "gradient_accumulation_steps": 8, "gradient_checkpointing": True,
               "learning_rate": 1e-4, "num_train_epochs": 1, "logging_steps": 1, "save_strategy": "no",
               "report_to": "none", "seed": 42}
+MAX_LENGTH = 1024
 LORA = {"r": 64, "alpha": 128, "dropout": 0.0, "target_modules": "all-linear"}
 
 
@@ -84,7 +89,7 @@ def prepare(work: Path, shape: str, count: int) -> tuple[Path, Path]:
 
 def recipe(model: Path, data: Path, output_dir: Path, cuda: bool) -> dict:
     return {"model": {"name_or_path": str(model)}, "data": [{"path": str(data)}], "template": "deepseek",
-            "max_length": 1024, "lora": LORA,
+            "max_length": MAX_LENGTH, "lora": LORA,
             "train": {**SEED_TRAIN, "output_dir": str(output_dir), "bf16": cuda}}
 
 
@@ -188,8 +193,9 @@ def table(record: dict) -> str:
         if "error" in path:
             rows.append(f"| {name} | failed: {path['error'][-200:]!r} |  |  |  |  |  |  |  |  |")
             continue
-        plan = path.get("plan") or {}
+        plan = path.get("plan") or path.get("split") or {}
         split = (f"{plan['micro_batch']} x {plan['accumulation']}{', ckpt' if plan['checkpointing'] else ''}"
+                 f"{', Liger' if plan.get('liger_kernel') else ''}"
                  if plan else "2 x 8, ckpt")
         rows.append(f"| {name} | {path['wall_s']} | {path.get('launch_to_first_step_s')} | {path['train_s']} | "
                     f"{path['trained_tokens_per_s']:,.0f} | {path['peak_gib']} | {split} | {path['steps']} | "
@@ -209,6 +215,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.hf_worker:
         return hf_worker(*args.hf_worker)
+    import seed_llamafactory
     import torch
     import yaml
 
@@ -225,6 +232,8 @@ def main() -> None:
         for name in [*args.paths, *variants]:
             if name == "hf":
                 paths[name] = run_hf(work, model, data)
+            elif name in seed_llamafactory.PATHS:
+                paths[name] = seed_llamafactory.run(work, name, model, data, SEED_TRAIN, LORA, MAX_LENGTH, cuda)
             elif name in variants:
                 paths[name] = run_portaft(work, f"{name}-{count}", recipe_file, variants[name].split(","))
             else:
