@@ -26,8 +26,31 @@ def load_model(resolved: Any, tokenizer: Any, notes: Notes) -> Any:
     _check_vocabulary(model, tokenizer, recipe)
     model = prepare_for_training(model, recipe.finetune, recipe.lora, checkpointing(recipe.train),
                                  recipe.quantization is not None)
+    if note := _adapter_in_the_models_dtype_under_zero3(model, recipe):
+        notes.say(note)
     notes.say(trainable_summary(model))
     return model
+
+
+def _adapter_in_the_models_dtype_under_zero3(model: Any, recipe: Recipe) -> str | None:
+    """peft keeps the adapter's weights in float32 and relies on autocast; DeepSpeed ZeRO-3 runs
+    its layers without autocast and does not cast weights it partitions after loading, so a
+    float32 adapter beside bfloat16 layers fails in the first matmul. Cast to the model's dtype,
+    as LLaMA-Factory does under ZeRO-3: DeepSpeed's optimizer keeps float32 master weights."""
+    from portaft.engines import deepspeed
+
+    if recipe.finetune == "full" or deepspeed.stage(recipe.train) != 3:
+        return None
+    import torch
+
+    dtype = getattr(torch, recipe.model.dtype, None)
+    if not isinstance(dtype, torch.dtype) or dtype == torch.float32:
+        return None
+    cast = [p for p in model.parameters() if p.requires_grad and p.dtype != dtype]
+    for parameter in cast:
+        parameter.data = parameter.data.to(dtype)
+    return (f"DeepSpeed ZeRO-3: the adapter's {len(cast)} weight tensors in {recipe.model.dtype}, the model's dtype "
+            "(ZeRO-3 computes without autocast; its optimizer keeps float32 master weights)") if cast else None
 
 
 def prepare_for_training(model: Any, finetune: str, lora: LoraSection, gradient_checkpointing: bool = False,

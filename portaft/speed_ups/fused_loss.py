@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from portaft.engines import deepspeed
+from portaft import engines
 
 from . import NotApplied, _liger
 
@@ -23,8 +23,10 @@ STAGE = "model"
 
 
 def applies(training: Any) -> str | None:
-    if deepspeed.stage(training.recipe.train) == 3:  # Liger reads lm_head.weight without calling lm_head
-        return "not with DeepSpeed ZeRO-3: the LM head's weight is gathered only when the head itself runs"
+    # Liger reads lm_head.weight without calling lm_head: a weight-sharding engine has not gathered it then
+    # (FSDP2 hands Liger its shard, a DTensor: seen on one H100, 2026-12-07)
+    if split := engines.sharded_weights(training.recipe):
+        return f"not with {split}: the LM head's weight is gathered only when the head itself runs"
     return _liger.unusable_reason(training.base_model)
 
 

@@ -11,7 +11,7 @@ from portaft import engines
 from portaft.backends.device import CPU, Device
 from portaft.engines import deepspeed, fsdp
 from portaft.errors import RecipeError
-from portaft.recipe import read_recipe
+from portaft.recipe import Recipe, read_recipe
 
 # the second CI environment (transformers 4.45, accelerate 1.0) has no FSDP2: there FSDP is refused as not installed
 needs_fsdp2 = pytest.mark.skipif(fsdp.unavailable() is not None, reason=f"no FSDP2 here: {fsdp.unavailable()}")
@@ -248,3 +248,26 @@ def test_the_trainable_summary_counts_weights_that_zero3_loaded_split():
     model.weight.ds_numel, model.bias.ds_numel = 8, 2
     model.bias.requires_grad_(False)
     assert trainable_summary(model) == "trainable parameters: 8 of 10 (80.00%)"
+
+
+def test_under_zero3_the_adapter_is_cast_to_the_models_dtype_and_the_fused_loss_steps_aside():
+    """ZeRO-3 computes without autocast (a float32 LoRA beside bfloat16 layers failed in its first
+    matmul on an H100), and no weight-sharding engine has the LM head gathered when Liger reads it."""
+    import torch
+
+    from portaft.runner.model import _adapter_in_the_models_dtype_under_zero3
+    from portaft.speed_ups import Training, fused_loss
+
+    def recipe(train):
+        return Recipe.model_validate({"model": {"name_or_path": "m", "dtype": "bfloat16"}, "data": [{"path": "d"}],
+                                      "train": {"output_dir": "/tmp/unused", **train}})
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4).to(torch.bfloat16), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    assert _adapter_in_the_models_dtype_under_zero3(model, recipe({"deepspeed": "zero2"})) is None
+    assert model[1].weight.dtype == torch.float32
+    note = _adapter_in_the_models_dtype_under_zero3(model, recipe({"deepspeed": "zero3"}))
+    assert "2 weight tensors in bfloat16" in note and model[1].weight.dtype == torch.bfloat16
+    for train, engine in (({"deepspeed": "zero3"}, "DeepSpeed ZeRO-3"), ({"fsdp": "full_shard"}, "FSDP")):
+        reason = fused_loss.applies(Training(recipe(train), device=None, processes=1))
+        assert reason.startswith(f"not with {engine}: the LM head's weight is gathered only")
