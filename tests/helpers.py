@@ -29,15 +29,28 @@ def use_plugins(monkeypatch, **plugins) -> Plugins:
     return registry
 
 
+def loads_no_model(monkeypatch):
+    """Make loading a model fail the test, through the cpu backend or transformers' Auto class;
+    the tokenizer may load (validate loads it, as run does before its data step, to check
+    the chat template)."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded before the recipe was checked")
+
+    monkeypatch.setattr(portaft.get_backend("cpu"), "load_model", refuse)
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
 def loads_nothing(monkeypatch):
-    """Make loading a tokenizer or model through the cpu backend fail the test."""
-    cpu = portaft.get_backend("cpu")
+    """Make loading a tokenizer or model through the cpu backend fail the test (for what
+    run refuses before its data step)."""
+    loads_no_model(monkeypatch)
 
     def refuse(recipe):
-        raise AssertionError("a model or tokenizer was loaded before the recipe was checked")
+        raise AssertionError("a tokenizer was loaded before the recipe was checked")
 
-    monkeypatch.setattr(cpu, "load_tokenizer", refuse)
-    monkeypatch.setattr(cpu, "load_model", refuse)
+    monkeypatch.setattr(portaft.get_backend("cpu"), "load_tokenizer", refuse)
 
 
 def tokenizer_of(recipe):

@@ -8,9 +8,9 @@ Modules: `sources` (files, reading, where a record came from), `formats` + `mess
 does not train as chat: preference, KTO, multimodal; tools and reasoning a template
 cannot render), `problems` (bad records, counted and listed), `templates` +
 `chat_templates` (rendering, trained spans), `encode` (the batched tokenize-and-mask
-pass), `validate` (`portaft validate`'s pass, no tokenizer), `mixing`; how training
-draws batches: `collator` (padded), `packing` (flattened, token-budget batches),
-`shares` (several processes' shares of a step).
+pass), `validate` (`portaft validate`'s pass: the template checked as run checks it,
+nothing encoded), `mixing`; how training draws batches: `collator` (padded), `packing`
+(flattened, token-budget batches), `shares` (several processes' shares of a step).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .problems import SHOWN_PROBLEMS, Problem, problem_list, skipped_lines, writ
 from .reading import SourceReport, model_type, prepare_tokenizer, read_source
 from .sources import progress_bars
 from .splits import split_off, val_size_of
-from .templates import check_template, choose_template
+from .templates import checked_template
 from .validate import check
 
 __all__ = ["SHOWN_PROBLEMS", "BadSample", "Built", "KindError", "Problem", "Seq2SeqCollator", "SourceReport", "build",
@@ -63,11 +63,7 @@ def build(recipe: Recipe, tokenizer: Any, plugins: Plugins) -> Built:
     where the named templates and data formats come from."""
     from datasets import concatenate_datasets
 
-    from portaft.compat import chat_template_renderer
-
-    template_name, template = choose_template(recipe.template, tokenizer, plugins.templates,
-                                              model_type(recipe))
-    check_template(chat_template_renderer(tokenizer, template), template_name, tokenizer)
+    template_name, template, _ = checked_template(recipe.template, tokenizer, plugins.templates, model_type(recipe))
     settings = EncodeSettings(template, recipe.max_length, recipe.train_on, recipe.system, template_name)
     seed = int(recipe.train.get("seed", 42))
     problems: list[Problem] = []  # bad records

@@ -280,6 +280,19 @@ def check_template(render: Callable[..., str], name: str, tokenizer: Any) -> str
     return ending
 
 
+def checked_template(name: str, tokenizer: Any, templates: dict[str, str],
+                     model_type: str | None = None) -> tuple[str, str, Callable[..., str]]:
+    """(name, Jinja source, renderer) of the template a recipe trains with, chosen
+    (choose_template) and refused if masking cannot work with it (check_template): the one
+    check `run` and `portaft validate` both make, before any data is read."""
+    from portaft.compat import chat_template_renderer
+
+    chosen, source = choose_template(name, tokenizer, templates, model_type)
+    render = chat_template_renderer(tokenizer, source)
+    check_template(render, chosen, tokenizer)
+    return chosen, source, render
+
+
 def stop_token_ids(tokenizer: Any, template: str) -> list[int]:
     """Token ids that end a reply under this template: eos, plus the template's end-of-turn
     token when that is a single token (e.g. ChatML's <|im_end|> on a tokenizer whose eos differs)."""

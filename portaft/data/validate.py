@@ -1,14 +1,15 @@
 """`portaft validate`'s data pass: every record read and normalised without a model.
 
-It finds what `run` would refuse or skip, the same way: bad fields, kinds portaft does
-not train (preference, KTO, multimodal), and tool calls or reasoning the chat template
-cannot render. The template's abilities are only looked up when some record needs
-them; for `template: tokenizer`/`auto` that loads the tokenizer (never the model).
+It finds what `run` would refuse or skip, the same way: a chat template masking cannot
+work with (run's own check, templates.checked_template, made first as run makes it), bad
+fields, kinds portaft does not train (preference, KTO, multimodal), and tool calls or
+reasoning the chat template cannot render (probed only when some record has them). It
+loads the tokenizer, as run does before its data step, and never the model.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from portaft.errors import UserError
 from portaft.plugins import Format, get_plugins
@@ -20,6 +21,7 @@ from .problems import Problem, problem_list, skipped_lines
 from .reading import SourceReport, model_type, prepare_tokenizer, read_source
 from .sources import progress_bars, records_of
 from .splits import held_out_count, val_size_of
+from .templates import checked_template, template_abilities
 
 BAR_FROM = 5_000  # records in a file from which checking shows a progress bar
 
@@ -34,6 +36,7 @@ def check(recipe: RecipeSource, notes: list[str] | None = None) -> list[SourceRe
     problems: list[Problem] = []
     unusable: list[str] = []
     notes = [] if notes is None else notes
+    name, render = _template(recipe, plugins)
     reports, waiting = [], []  # waiting: (report, located needs) until the template's abilities are known
     for index, source in enumerate([*recipe.data, *recipe.eval_data]):
         records = bad = plain = 0
@@ -61,7 +64,7 @@ def check(recipe: RecipeSource, notes: list[str] | None = None) -> list[SourceRe
         reports.append(report)
         waiting.append((report, needing))
     if any(needing for _, needing in waiting):
-        name, abilities = _template_abilities(recipe)
+        abilities = template_abilities(render)
         for report, needing in waiting:
             for where, needs in needing:
                 if needs - abilities:
@@ -75,23 +78,18 @@ def check(recipe: RecipeSource, notes: list[str] | None = None) -> list[SourceRe
     return reports
 
 
-def _template_abilities(recipe: Any) -> tuple[str, frozenset]:
-    """(template name, what it renders beyond text), chosen as `run` chooses it."""
-    from portaft.compat import chat_template_renderer
-
-    from .templates import choose_template, template_abilities
-
-    plugins = get_plugins()
+def _template(recipe: Any, plugins: Any) -> tuple[str, Callable[..., str]]:
+    """(name, renderer) of the template run would train with, checked as run checks it."""
     try:
         tokenizer = plugins.choose_backend(recipe).load_tokenizer(recipe)
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"some records hold tool calls or reasoning, and whether template {recipe.template!r} "
-                        f"renders them needs the tokenizer, which could not be loaded: {exc}") from None
+        raise UserError(f"the chat template ({recipe.template!r}) is checked with the model's tokenizer, as run "
+                        f"checks it, and the tokenizer could not be loaded: {exc}") from None
     prepare_tokenizer(tokenizer)
-    name, template = choose_template(recipe.template, tokenizer, plugins.templates, model_type(recipe))
-    return name, template_abilities(chat_template_renderer(tokenizer, template))
+    name, _, render = checked_template(recipe.template, tokenizer, plugins.templates, model_type(recipe))
+    return name, render
 
 
 class _Checker:

@@ -23,6 +23,21 @@ def test_preprocess_benchmark_smoke_run_writes_results_and_matches_plain_token_c
     assert (tmp_path / "preprocess.md").read_text(encoding="utf-8").startswith("# Preprocessing 200 conversations")
 
 
+def test_preprocess_benchmark_times_validate_against_another_checkout(tiny_model, tmp_path):
+    """--paths validate --against DIR: the whole `portaft validate` command, with this checkout's
+    portaft and DIR's (here the same code), each side's wall and CPU seconds and their ratio."""
+    subprocess.run([sys.executable, str(REPO / "bench" / "preprocess.py"), "--records", "50", "--rounds", "1",
+                    "--paths", "validate", "--against", str(REPO), "--name", "validate", "--model", str(tiny_model),
+                    "--out", str(tmp_path)], check=True, capture_output=True, timeout=600)
+    record = json.loads((tmp_path / "validate.json").read_text(encoding="utf-8"))
+    [base] = [name for name in record["results"] if name.startswith("validate@")]
+    assert set(record["results"]) == {"validate", base}
+    for result in record["results"].values():
+        assert result["records"] == 50 and result["median_seconds"] > 0 and result["median_cpu_seconds"] > 0
+    assert set(record["time_over_" + base.split("@")[1]]["validate"]) == {"median_seconds", "median_cpu_seconds"}
+    assert "--paths validate --against" in record["command"]
+
+
 def test_attention_benchmark_says_it_needs_a_gpu_instead_of_a_traceback():
     if torch.cuda.is_available():
         pytest.skip("a GPU is here: the benchmark would run")

@@ -1,19 +1,24 @@
 """validate finds what a recipe gets wrong across keys, and where it meets the world, before
 any model loads: exit 2, the YAML path and its line (or the override), no traceback."""
 
+import json
 import os
+import shutil
 import time
 
 import pytest
 import yaml
 
+import portaft as portaft_api
 from portaft.cli import main
+from portaft.data.chat_templates import DEEPSEEK
+from portaft.errors import UserError
 from helpers import cli as portaft
-from helpers import loads_nothing
+from helpers import loads_no_model
 
 
 def validate(monkeypatch, capsys, path, *overrides):
-    loads_nothing(monkeypatch)
+    loads_no_model(monkeypatch)  # the tokenizer may load (the chat template is checked with it), never the model
     code = main(["validate", str(path), *overrides])
     return code, capsys.readouterr().err
 
@@ -155,3 +160,52 @@ def test_warmup_ratio_of_one_or_more_is_refused(recipe_dict):
     recipe_dict["train"]["warmup_ratio"] = 1.5
     with pytest.raises(portaft.RecipeError, match="train.warmup_ratio"):
         portaft.load_recipe(recipe_dict)
+
+
+ENDLESS = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% endfor %}"  # nothing after a reply
+CLOSING = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{{ eos_token }}"  # eos: last turn only
+
+
+def model_with_template(tiny_model, folder, template):
+    """The tiny model, its tokenizer carrying `template` as its own chat_template."""
+    from transformers import AutoTokenizer
+
+    shutil.copytree(tiny_model, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize("template, data, reason", [
+    (ENDLESS, "chat", "writes nothing after an assistant reply (no eos, no end-of-turn token), so the model would "
+                      "never learn to stop"),
+    (CLOSING, "chat", "the chat template renders earlier turns differently"),
+    (ENDLESS, "text", "never learn to stop"),  # run checks the template before reading any data, pretraining text too
+])
+def test_a_tokenizer_template_run_refuses_is_refused_by_validate_with_runs_message(
+        template, data, reason, recipe_dict, write_recipe, tiny_model, tmp_path, monkeypatch, capsys):
+    recipe_dict["model"]["name_or_path"] = model_with_template(tiny_model, tmp_path / "model", template)
+    recipe_dict["template"] = "tokenizer"
+    if data == "text":
+        text = tmp_path / "text.jsonl"
+        text.write_text(json.dumps({"text": "Plain text to continue pretraining on."}) + "\n", encoding="utf-8")
+        recipe_dict["data"] = [{"path": str(text)}]
+    path = write_recipe(recipe_dict)
+    code, err = validate(monkeypatch, capsys, path)
+    with pytest.raises(UserError) as refused:
+        portaft_api.run(str(path), backend="cpu", echo=lambda line: None)
+    assert code == 2 and "Traceback" not in err
+    assert reason in str(refused.value) and f"portaft: error: {refused.value}\n" in err  # run's own message
+
+
+def test_a_tokenizer_template_run_accepts_validates_without_loading_the_model(recipe_dict, write_recipe, tiny_model,
+                                                                              tmp_path, monkeypatch, capsys):
+    recipe_dict["model"]["name_or_path"] = model_with_template(tiny_model, tmp_path / "model", DEEPSEEK)
+    recipe_dict["template"] = "tokenizer"
+    path = write_recipe(recipe_dict)
+    loads_no_model(monkeypatch)
+    code = main(["validate", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith(f"{path}: valid.") and "template tokenizer" in out
