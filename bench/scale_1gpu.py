@@ -30,6 +30,7 @@ import argparse
 import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -115,7 +116,7 @@ def run_engine(engine: str, model: Path, data: Path, work: Path, steps: int, war
                           capture_output=True, text=True, cwd=work)
     if done.returncode != 0 or not times.is_file():
         at = done.stderr.find("portaft: error:")
-        lines = done.stderr[at:].splitlines() if at >= 0 else (done.stderr.strip().splitlines() or ["no output"])[-1:]
+        lines = done.stderr[at:].splitlines() if at >= 0 else [failure_line(done.stderr)]
         said = [lines[0]]
         for line in lines[1:]:  # a RecipeError's problems, one indented line each
             if not line.startswith("  ") or line.lstrip().startswith("File "):
@@ -138,6 +139,14 @@ def run_engine(engine: str, model: Path, data: Path, work: Path, steps: int, war
 def _median_step_ms(timed: list) -> float | None:
     gaps = sorted(b[1] - a[1] for a, b in zip(timed, timed[1:]))
     return round(1000 * gaps[len(gaps) // 2], 1) if gaps else None
+
+
+def failure_line(stderr: str) -> str:
+    """The exception a crashed worker raised (torchrun's own summary ends its stderr)."""
+    lines = stderr.strip().splitlines()
+    worker = [line.removeprefix("[rank0]: ").strip() for line in lines if line.startswith("[rank0]: ")]
+    raised = [line for line in worker or lines if re.match(r"^[A-Za-z_.]*(Error|Exception)\b.*:", line)]
+    return (raised or lines or ["no output"])[-1]
 
 
 def compare(results: dict) -> None:
