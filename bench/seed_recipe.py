@@ -102,27 +102,36 @@ def run_portaft(work: Path, name: str, recipe_file: Path, overrides: list[str]) 
     command = [sys.executable, "-m", "portaft", "run", str(recipe_file), f"train.output_dir={output_dir}",
                "resume=false", "overwrite=true", *overrides]
     started = time.time()
-    output, first_step = timed_lines(command, {**os.environ, **env}, started)
+    output, first_step, milestones = timed_lines(command, {**os.environ, **env}, started)
     wall = time.time() - started
     (work / f"{name}.log").write_text(output)
     if not (output_dir / "portaft_run.json").is_file():
         return {"command": " ".join(command[2:]), "error": output[-3000:], "wall_s": wall}
     record = json.loads((output_dir / "portaft_run.json").read_text())
     return {"command": "portaft " + " ".join(command[4:]), "env": env, "wall_s": round(wall, 1), **summary(record),
-            "launch_to_first_step_s": first_step}
+            "launch_to_first_step_s": first_step, "milestones_s": milestones}
 
 
-def timed_lines(command: list[str], env: dict, started: float) -> tuple[str, float | None]:
-    """Run `command`, its output merged; also when its first step's log line ("step 1/...") came."""
+# where the time before the first step goes: when the first line of each stage came
+MILESTONES = {"imports and recipe": r"^portaft: backend ", "data read and tokenized": r"^portaft: data ",
+              "model loaded, adapter added": r"^portaft: trainable parameters", "planned": r"^portaft: plan ",
+              "first step": r"(^|\r)step 1/"}
+
+
+def timed_lines(command: list[str], env: dict, started: float) -> tuple[str, float | None, dict]:
+    """Run `command`, its output merged, each line stamped with the seconds since launch;
+    also when its first step's log line ("step 1/...") and each of MILESTONES came."""
     import re
 
-    lines, first = [], None
+    lines, seen = [], {}
     with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as child:
         for line in child.stdout:
-            lines.append(line)
-            if first is None and re.search(r"(^|\r)step 1/", line):
-                first = round(time.time() - started, 1)
-    return "".join(lines), first
+            at = round(time.time() - started, 1)
+            lines.append(f"[{at:7.1f}s] {line}")
+            for name, pattern in MILESTONES.items():
+                if name not in seen and re.search(pattern, line):
+                    seen[name] = at
+    return "".join(lines), seen.get("first step"), seen
 
 
 def summary(record: dict) -> dict:
