@@ -202,3 +202,33 @@ def test_a_renamed_training_argument_is_accepted_and_renamed_with_a_note(recipe_
     else:
         assert "evaluation_strategy" not in effective.train and str(effective.train["eval_strategy"]).endswith("no")
         assert "train.evaluation_strategy -> train.eval_strategy (its name in this transformers)" in notes
+
+
+def test_an_accelerators_loader_reads_the_weights_onto_this_processs_device(monkeypatch):
+    """Weights go straight to the process's device (no host copy for the Trainer to move),
+    except on the CPU, under `device: cpu`, with quantization (bitsandbytes places its own) and
+    under FSDP/DeepSpeed (they place and split the weights)."""
+    from portaft.backends.base import TransformersBackend
+    from portaft.backends.device import Device
+    from portaft.recipe import Recipe
+
+    class Accelerator(TransformersBackend):
+        name, device_type, priority, distributed_backend = "accelerator", "npu", 1, "hccl"
+
+        def unavailable_reason(self):
+            return None
+
+        def device(self):
+            return Device("npu", bf16=True, fp16=True, fused_optimizer=None, collectives="hccl")
+
+    def recipe(**changes):
+        return Recipe.model_validate({"model": {"name_or_path": "m"}, "data": [{"path": "d"}],
+                                      "train": {"output_dir": "/tmp/unused", **changes.pop("train", {})}, **changes})
+
+    backend = Accelerator()
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert backend._straight_to_device(recipe()) == {"device_map": {"": "npu:1"}}
+    assert backend._straight_to_device(recipe(device="cpu")) == {}
+    assert backend._straight_to_device(recipe(train={"deepspeed": "zero2"})) == {}
+    assert backend._straight_to_device(recipe(train={"fsdp": "full_shard"})) == {}
+    assert get_backend("cpu")._straight_to_device(recipe()) == {}
