@@ -20,7 +20,6 @@ import pytest
 import torch
 
 import transformers
-from packaging.version import Version
 
 import portaft
 from portaft.after import export as exporting
@@ -72,7 +71,12 @@ def relative_gap(gguf_dir, reference_dir, name) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(reference_dir)
     reference = logits(AutoModelForCausalLM.from_pretrained(reference_dir).eval(), tokenizer)
-    loaded = logits(AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name).eval(), tokenizer)
+    # No output.weight in a GGUF means tied embeddings (llama.cpp reads token_embd for both).
+    # transformers' reader ties them only since its PR #35085 (December 2024); 4.45.2's leaves a
+    # random lm_head. Passing it here keeps the check about the file, on either version.
+    tied = all(t.name != "output.weight" for t in read_gguf(gguf_dir / name).tensors)
+    loaded = logits(AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name, tie_word_embeddings=tied).eval(),
+                    tokenizer)
     return max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(reference, loaded))
 
 
@@ -87,15 +91,6 @@ def field(reader, key):
     return found.contents() if found is not None else None
 
 
-# Seen in CI's openMind environment: transformers 4.45.2's GGUF reader gives a relative logit gap
-# of 1.6 (f16) on the Llama layout, where 5.25's gives 3e-4; on the Qwen2 layout both agree. Not
-# explained yet, so the Llama round trip is checked against transformers >= 5 only (issue 30's note).
-llama_round_trip = pytest.mark.skipif(Version(transformers.__version__) < Version("5"),
-                                      reason="transformers 4.45's GGUF reader disagrees on the Llama layout "
-                                             "(a 1.6 relative logit gap, not explained yet)")
-
-
-@llama_round_trip
 def test_an_adapter_run_exports_to_a_gguf_that_computes_what_the_merged_model_does(run, tmp_path, capsys):
     out, merged = run
     assert main(["export", str(out), "--to", str(tmp_path / "gguf")]) == 0
@@ -107,7 +102,6 @@ def test_an_adapter_run_exports_to_a_gguf_that_computes_what_the_merged_model_do
     assert "FROM ./out.gguf" in modelfile and 'SYSTEM """你是黄大力的智能助手。"""' in modelfile
 
 
-@llama_round_trip
 def test_q8_0_is_within_its_measured_bound_and_smaller(run, f16, tmp_path):
     out, merged = run
     q8 = exporting.export(out, tmp_path / "q8", quant="q8_0", name="m", echo=lambda _: None)
