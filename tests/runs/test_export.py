@@ -9,9 +9,13 @@ What each check covers:
   DeepSeek pre-tokenizer and splits digit runs as GPT-2 does, and it renumbers special
   tokens. Those are covered by the GGUF's own metadata instead: every token's text and
   type, the merges, the pre-tokenizer name llama.cpp reads, the special ids, the template;
-- llama.cpp itself, where llama-cpp-python is installed: the greedy continuation.
+- llama.cpp itself, where llama-cpp-python is installed (it has no wheel on PyPI for Linux
+  x86-64 CPython 3.11; built from its sdist it runs here): its tokenizer's ids, its logits
+  and its greedy continuation, Llama and Qwen2 layouts, f16 and q8_0.
 """
 
+import contextlib
+import importlib.util
 import json
 import shutil
 
@@ -283,19 +287,118 @@ def test_an_architecture_portaft_does_not_export_is_named(tmp_path, capsys):
     assert "GPT2LMHeadModel" in message and "LlamaForCausalLM" in message and "Qwen2ForCausalLM" in message
 
 
-def test_llama_cpp_greedy_decodes_what_transformers_does(run, f16):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python has no wheel for this machine")
+# llama.cpp itself as the referee (llama-cpp-python bundles it). PyPI has no wheel of it for
+# Linux x86-64 CPython 3.11; it builds from its sdist (docs/after-training.md says how).
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python is not installed (no wheel on PyPI for this machine: "
+                                            "build it from its sdist, see docs/after-training.md)")
+# llama.cpp's tokenizer applies the DeepSeek-V3 pre-tokenizer, so digit and whitespace runs and
+# special tokens written in the text are checked here too
+LLAMA_CPP_TEXTS = TEXTS + ["我想在apple工作1314151天～", "a  b\n\n\tc   d", "3.14159 and 33333",
+                           "<｜begin▁of▁sentence｜>User: 你好\n\nAssistant: 我是黄大力的智能助手。<｜end▁of▁sentence｜>"]
+LLAMA_CPP_F16 = 2e-3  # max |llama.cpp - merged| logit / max |merged| logit; measured 4.9e-4, 2026-12-07
+LLAMA_CPP_Q8 = 3e-2  # measured 1.25e-2 (llama.cpp also rounds the activations to 8 bits)
+CONTINUATION = 8  # greedy tokens compared
+
+
+@contextlib.contextmanager
+def llama_cpp_model(gguf):
+    from llama_cpp import Llama
+
+    model = Llama(str(gguf), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    try:
+        yield model
+    finally:
+        model.close()
+
+
+def llama_cpp_logits(model, ids) -> torch.Tensor:
+    model.reset()
+    model.eval(ids)
+    return torch.from_numpy(np.array(model.scores[:len(ids)]))
+
+
+def llama_cpp_greedy(model, ids, count) -> list[int]:
+    produced = []
+    for token in model.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0):  # temp 0: llama.cpp's greedy sampler
+        produced.append(token)
+        if len(produced) == count:
+            return produced
+    return produced
+
+
+def assert_llama_cpp_tokenizes_as(gguf, tokenizer, texts):
+    with llama_cpp_model(gguf) as model:
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert model.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+
+
+def assert_llama_cpp_computes_what_transformers_does(gguf, reference_dir, bound) -> float:
+    """Logits on PROMPTS within `bound` (relative), and the same greedy continuation. Returns the gap."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reference_dir)
+    reference = AutoModelForCausalLM.from_pretrained(reference_dir).eval()
+    gap = 0.0
+    with llama_cpp_model(gguf) as model:
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt)["input_ids"]
+            with torch.no_grad():
+                expected = reference(torch.tensor([ids])).logits[0].float()
+                continuation = reference.generate(torch.tensor([ids]), max_new_tokens=CONTINUATION, do_sample=False,
+                                                  min_new_tokens=CONTINUATION)[0, len(ids):].tolist()
+            got = llama_cpp_logits(model, ids)
+            gap = max(gap, ((got - expected).abs().max() / expected.abs().max()).item())
+            assert llama_cpp_greedy(model, ids, CONTINUATION) == continuation, prompt
+    assert gap < bound
+    return gap
+
+
+@needs_llama_cpp
+def test_llama_cpp_tokenizes_as_the_run_tokenizer(run, f16):
+    """The DeepSeek-V3 tokenizer (pre-tokenizer deepseek-v3) of the tiny model, read by llama.cpp."""
+    from transformers import AutoTokenizer
+
+    from portaft.data.templates import render
 
     _, merged = run
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    ids = tokenizer(PROMPTS[0])["input_ids"]
-    expected = AutoModelForCausalLM.from_pretrained(merged).generate(torch.tensor([ids]), max_new_tokens=8,
-                                                                     do_sample=False)[0, len(ids):].tolist()
-    model = llama_cpp.Llama(str(f16 / "m.gguf"), n_ctx=256, verbose=False)
-    produced = []
-    for token in model.generate(ids, temp=0.0, top_k=1):
-        produced.append(token)
-        if len(produced) == len(expected):
-            break
-    assert produced == expected
+    conversation = [{"role": "system", "content": "你是黄大力的智能助手。"}, {"role": "user", "content": "你是谁？"},
+                    {"role": "assistant", "content": "我是黄大力的智能助手。"}, {"role": "user", "content": "Who made you?"}]
+    chat = render(tokenizer, DEEPSEEK, conversation, add_generation_prompt=True)  # what `portaft chat` feeds the model
+    assert_llama_cpp_tokenizes_as(f16 / "m.gguf", tokenizer, LLAMA_CPP_TEXTS + [chat])
+    with llama_cpp_model(f16 / "m.gguf") as model:
+        # add_bos_token: llama.cpp starts a prompt with bos, as the deepseek template does in training
+        assert model.tokenize("你是谁？".encode(), add_bos=True)[0] == tokenizer.bos_token_id
+        assert model.token_eos() == tokenizer.eos_token_id
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("quant, bound", [("f16", LLAMA_CPP_F16), ("q8_0", LLAMA_CPP_Q8)])
+def test_llama_cpp_runs_the_llama_layout_as_the_merged_model(run, tmp_path, quant, bound):
+    """Also settles the q/k permutation (llama.cpp applies rotary in its own order) and tied
+    embeddings (no output.weight: llama.cpp reads token_embd for both)."""
+    out, merged = run
+    result = exporting.export(out, tmp_path / "gguf", quant=quant, name="m", echo=lambda _: None)
+    assert "output.weight" not in {t.name for t in read_gguf(result.gguf).tensors}
+    print(f"llama.cpp, Llama layout, {quant}: relative logit gap "
+          f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, merged, bound):.2e}")
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("quant, bound", [("f16", LLAMA_CPP_F16), ("q8_0", LLAMA_CPP_Q8)])
+def test_llama_cpp_runs_the_qwen2_layout_as_transformers(tiny_model, tmp_path, quant, bound, monkeypatch):
+    from transformers import AutoTokenizer
+
+    folder = qwen_folder(tmp_path / "model", tiny_model, "Qwen2ForCausalLM")
+    monkeypatch.setattr("portaft.after.export.vocab.pre_tokenizer", lambda tokenizer: "qwen2")  # as in the round trip
+    result = exporting.export(folder, tmp_path / "gguf", quant=quant, echo=lambda _: None)
+    # transformers reads this folder's vocabulary with Qwen2's pre-tokenizer, llama.cpp applies its
+    # "qwen2" rules: the same ids; and no bos (the qwen template writes none)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert_llama_cpp_tokenizes_as(result.gguf, tokenizer, LLAMA_CPP_TEXTS)
+    with llama_cpp_model(result.gguf) as model:
+        assert model.tokenize("你是谁？".encode(), add_bos=True) == tokenizer("你是谁？")["input_ids"]
+    print(f"llama.cpp, Qwen2 layout, {quant}: relative logit gap "
+          f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, folder, bound):.2e}")
