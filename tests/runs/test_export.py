@@ -199,9 +199,8 @@ def test_qwen_layouts_round_trip(tiny_model, tmp_path, model_class, extra, arch,
     assert '<|im_start|>system\nYou are Qwen' in result.modelfile.read_text(encoding="utf-8")  # the qwen TEMPLATE
 
 
-def test_internlm2_wqkv_is_split_into_the_llama_layout(tiny_model, tmp_path):
-    """InternLM2 packs q, k, v per key/value group in one wqkv; the export must give the
-    same q, k and v as the Llama export of the same weights (grouped-query attention here)."""
+def internlm2_folder(tiny_model, tmp_path):
+    """A Llama model folder (grouped-query attention) and an InternLM2 folder of the same weights."""
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -213,7 +212,6 @@ def test_internlm2_wqkv_is_split_into_the_llama_layout(tiny_model, tmp_path):
     torch.manual_seed(2)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
-    llama = exporting.export(tmp_path / "llama", tmp_path / "llama-gguf", quant="f16", name="m", echo=lambda _: None)
 
     weights = load_file(tmp_path / "llama" / "model.safetensors")
     renamed = {"model.tok_embeddings.weight": weights["model.embed_tokens.weight"],
@@ -235,6 +233,14 @@ def test_internlm2_wqkv_is_split_into_the_llama_layout(tiny_model, tmp_path):
     (folder / "config.json").write_text(json.dumps({**values, "architectures": ["InternLM2ForCausalLM"],
                                                     "model_type": "internlm2"}))
     tokenizer.save_pretrained(folder)
+    return tmp_path / "llama", folder
+
+
+def test_internlm2_wqkv_is_split_into_the_llama_layout(tiny_model, tmp_path):
+    """InternLM2 packs q, k, v per key/value group in one wqkv; the export must give the
+    same q, k and v as the Llama export of the same weights."""
+    llama_folder, folder = internlm2_folder(tiny_model, tmp_path)
+    llama = exporting.export(llama_folder, tmp_path / "llama-gguf", quant="f16", name="m", echo=lambda _: None)
     internlm = exporting.export(folder, tmp_path / "gguf", quant="f16", name="m", echo=lambda _: None)
     ours, reference = read_gguf(internlm.gguf), read_gguf(llama.gguf)
     assert field(ours, "general.architecture") == "internlm2"
@@ -298,6 +304,7 @@ LLAMA_CPP_TEXTS = TEXTS + ["我想在apple工作1314151天～", "a  b\n\n\tc   d
                            "<｜begin▁of▁sentence｜>User: 你好\n\nAssistant: 我是黄大力的智能助手。<｜end▁of▁sentence｜>"]
 LLAMA_CPP_F16 = 2e-3  # max |llama.cpp - merged| logit / max |merged| logit; measured 4.9e-4, 2026-12-07
 LLAMA_CPP_Q8 = 3e-2  # measured 1.25e-2 (llama.cpp also rounds the activations to 8 bits)
+LLAMA_CPP_QWEN3 = 3e-3  # measured 1.1e-3
 CONTINUATION = 8  # greedy tokens compared
 
 
@@ -387,18 +394,34 @@ def test_llama_cpp_runs_the_llama_layout_as_the_merged_model(run, tmp_path, quan
 
 
 @needs_llama_cpp
-@pytest.mark.parametrize("quant, bound", [("f16", LLAMA_CPP_F16), ("q8_0", LLAMA_CPP_Q8)])
-def test_llama_cpp_runs_the_qwen2_layout_as_transformers(tiny_model, tmp_path, quant, bound, monkeypatch):
+@pytest.mark.parametrize("model_class, extra, quant, bound", [
+    ("Qwen2ForCausalLM", {}, "f16", LLAMA_CPP_F16), ("Qwen2ForCausalLM", {}, "q8_0", LLAMA_CPP_Q8),
+    # q/k norms, head_dim 128 != hidden / heads
+    pytest.param("Qwen3ForCausalLM", {"head_dim": 128}, "f16", LLAMA_CPP_QWEN3,
+                 marks=pytest.mark.skipif(not hasattr(transformers, "Qwen3ForCausalLM"),
+                                          reason="this transformers has no Qwen3 (4.45)")),
+])
+def test_llama_cpp_runs_the_qwen_layouts_as_transformers(tiny_model, tmp_path, model_class, extra, quant, bound,
+                                                         monkeypatch):
     from transformers import AutoTokenizer
 
-    folder = qwen_folder(tmp_path / "model", tiny_model, "Qwen2ForCausalLM")
-    monkeypatch.setattr("portaft.after.export.vocab.pre_tokenizer", lambda tokenizer: "qwen2")  # as in the round trip
-    result = exporting.export(folder, tmp_path / "gguf", quant=quant, echo=lambda _: None)
-    # transformers reads this folder's vocabulary with Qwen2's pre-tokenizer, llama.cpp applies its
-    # "qwen2" rules: the same ids; and no bos (the qwen template writes none)
+    folder = qwen_folder(tmp_path / "model", tiny_model, model_class, **extra)
     tokenizer = AutoTokenizer.from_pretrained(folder)
+    if model_class == "Qwen2ForCausalLM":  # read as a Qwen2Tokenizer: Qwen2's pre-tokenizer (the round trip's case)
+        monkeypatch.setattr("portaft.after.export.vocab.pre_tokenizer", lambda tokenizer: "qwen2")
+    # (Qwen3 has no tokenizer class of its own: the DeepSeek-V3 tokenizer as it is, found as deepseek-v3)
+    result = exporting.export(folder, tmp_path / "gguf", quant=quant, echo=lambda _: None)
+    # the same ids from llama.cpp's rules for that pre-tokenizer; and no bos (the qwen template writes none)
     assert_llama_cpp_tokenizes_as(result.gguf, tokenizer, LLAMA_CPP_TEXTS)
     with llama_cpp_model(result.gguf) as model:
         assert model.tokenize("你是谁？".encode(), add_bos=True) == tokenizer("你是谁？")["input_ids"]
-    print(f"llama.cpp, Qwen2 layout, {quant}: relative logit gap "
+    print(f"llama.cpp, {model_class}, {quant}: relative logit gap "
           f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, folder, bound):.2e}")
+
+
+@needs_llama_cpp
+def test_llama_cpp_runs_the_internlm2_export_as_the_llama_model_of_its_weights(tiny_model, tmp_path):
+    llama_folder, folder = internlm2_folder(tiny_model, tmp_path)
+    result = exporting.export(folder, tmp_path / "gguf", quant="f16", name="m", echo=lambda _: None)
+    print(f"llama.cpp, InternLM2, f16: relative logit gap "
+          f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, llama_folder, LLAMA_CPP_F16):.2e}")
