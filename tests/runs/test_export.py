@@ -425,3 +425,88 @@ def test_llama_cpp_runs_the_internlm2_export_as_the_llama_model_of_its_weights(t
     result = exporting.export(folder, tmp_path / "gguf", quant="f16", name="m", echo=lambda _: None)
     print(f"llama.cpp, InternLM2, f16: relative logit gap "
           f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, llama_folder, LLAMA_CPP_F16):.2e}")
+
+
+def sentencepiece_folder(folder):
+    """A tiny Llama 2-style model: a SentencePiece BPE tokenizer with byte fallback (trained here,
+    offline), its tokenizer.model, the tokenizer.json transformers converts it to, the llama2 template."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece", reason="training a SentencePiece tokenizer needs sentencepiece")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from portaft.data.chat_templates import LLAMA2
+
+    trained = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS * 20), model_writer=trained, vocab_size=420,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, split_digits=True,
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.model").write_bytes(trained.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "legacy": False, "chat_template": LLAMA2}))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # the environment, not the export: e.g. sentencepiece 0.2.3's protobuf code vs protobuf 6
+        pytest.skip(f"transformers cannot read a SentencePiece model here: {error}")
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(4)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder, trained.getvalue()
+
+
+def test_a_sentencepiece_tokenizer_is_written_as_llama_cpp_s_llama_model(tmp_path):
+    from sentencepiece import SentencePieceProcessor
+    from transformers import AutoTokenizer
+
+    folder, model_file = sentencepiece_folder(tmp_path / "model")
+    result = exporting.export(folder, tmp_path / "gguf", echo=lambda _: None)
+    reader = read_gguf(result.gguf)
+    pieces = SentencePieceProcessor(model_proto=model_file)
+    ids = range(pieces.vocab_size())
+    assert field(reader, "tokenizer.ggml.model") == "llama" and field(reader, "tokenizer.ggml.pre") == "default"
+    assert field(reader, "tokenizer.ggml.tokens") == [pieces.IdToPiece(i) for i in ids]
+    assert field(reader, "tokenizer.ggml.scores") == pytest.approx(
+        [-1000.0 if pieces.IsControl(i) or pieces.IsUnknown(i) else pieces.GetScore(i) for i in ids])
+    # <unk>, <s>, </s> control (the tokenizer marks them special: as llama.cpp's converter), the 256 bytes, the rest normal
+    types = field(reader, "tokenizer.ggml.token_type")
+    assert types[:3] == [3, 3, 3] and all(types[i] == (6 if pieces.IsByte(i) else 1) for i in ids if i >= 3)
+    assert sum(t == 6 for t in types) == 256
+    assert reader.get_field("tokenizer.ggml.merges") is None  # SentencePiece merges by score
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert (field(reader, "tokenizer.ggml.bos_token_id"), field(reader, "tokenizer.ggml.eos_token_id"),
+            field(reader, "tokenizer.ggml.unknown_token_id")) == (1, 2, 0) == (
+        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id)
+    assert field(reader, "tokenizer.ggml.add_bos_token") is True  # the llama2 template writes <s> first
+    # transformers puts no "▁" after <s> (Metaspace "first"), so llama.cpp must put none after bos either
+    assert field(reader, "tokenizer.ggml.add_space_prefix") is False
+
+
+@needs_llama_cpp
+def test_llama_cpp_tokenizes_and_runs_a_sentencepiece_model_as_transformers(tmp_path):
+    from transformers import AutoTokenizer
+
+    from portaft.data.chat_templates import LLAMA2
+    from portaft.data.templates import render
+
+    folder, _ = sentencepiece_folder(tmp_path / "model")
+    result = exporting.export(folder, tmp_path / "gguf", echo=lambda _: None)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    # as training reads them: the llama2 template's rendering, from <s> on (byte fallback for the
+    # digits, ü and “ that are not among its 420 pieces); and llama.cpp's own bos before the same text
+    chats = [render(tokenizer, LLAMA2, [{"role": "user", "content": text}], add_generation_prompt=True)
+             for text in TEXTS + ["我想在apple工作1314151天～"]]
+    chats.append(render(tokenizer, LLAMA2, [{"role": "system", "content": "你是黄大力的智能助手。"},
+                                            {"role": "user", "content": "你是谁？"},
+                                            {"role": "assistant", "content": "我是黄大力的智能助手。"},
+                                            {"role": "user", "content": "Who made you?"}], add_generation_prompt=True))
+    assert_llama_cpp_tokenizes_as(result.gguf, tokenizer, chats)
+    with llama_cpp_model(result.gguf) as model:
+        text = chats[0].removeprefix(tokenizer.bos_token)
+        assert model.tokenize(text.encode(), add_bos=True) == tokenizer(chats[0], add_special_tokens=False)["input_ids"]
+    print(f"llama.cpp, SentencePiece Llama, f16: relative logit gap "
+          f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, folder, LLAMA_CPP_F16):.2e}")
