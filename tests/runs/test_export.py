@@ -427,9 +427,10 @@ def test_llama_cpp_runs_the_internlm2_export_as_the_llama_model_of_its_weights(t
           f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, llama_folder, LLAMA_CPP_F16):.2e}")
 
 
-def sentencepiece_folder(folder):
+def sentencepiece_folder(folder, keep_model_file: bool = True):
     """A tiny Llama 2-style model: a SentencePiece BPE tokenizer with byte fallback (trained here,
-    offline), its tokenizer.model, the tokenizer.json transformers converts it to, the llama2 template."""
+    offline), its tokenizer.model (unless not kept: a folder saved without it), the tokenizer.json
+    transformers converts it to, the llama2 template."""
     import io
 
     spm = pytest.importorskip("sentencepiece", reason="training a SentencePiece tokenizer needs sentencepiece")
@@ -451,6 +452,8 @@ def sentencepiece_folder(folder):
     except Exception as error:  # the environment, not the export: e.g. sentencepiece 0.2.3's protobuf code vs protobuf 6
         pytest.skip(f"transformers cannot read a SentencePiece model here: {error}")
     tokenizer.save_pretrained(folder)
+    if not keep_model_file:
+        (folder / "tokenizer.model").unlink()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=176, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
@@ -487,13 +490,16 @@ def test_a_sentencepiece_tokenizer_is_written_as_llama_cpp_s_llama_model(tmp_pat
 
 
 @needs_llama_cpp
-def test_llama_cpp_tokenizes_and_runs_a_sentencepiece_model_as_transformers(tmp_path):
+# without tokenizer.model the vocabulary is read from tokenizer.json by gguf's LlamaHfVocab, as
+# llama.cpp's converter does (every score -1000: the ids below show llama.cpp still splits alike)
+@pytest.mark.parametrize("keep_model_file", [True, False], ids=["tokenizer.model", "tokenizer.json only"])
+def test_llama_cpp_tokenizes_and_runs_a_sentencepiece_model_as_transformers(tmp_path, keep_model_file):
     from transformers import AutoTokenizer
 
     from portaft.data.chat_templates import LLAMA2
     from portaft.data.templates import render
 
-    folder, _ = sentencepiece_folder(tmp_path / "model")
+    folder, _ = sentencepiece_folder(tmp_path / "model", keep_model_file)
     result = exporting.export(folder, tmp_path / "gguf", echo=lambda _: None)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     # as training reads them: the llama2 template's rendering, from <s> on (byte fallback for the
