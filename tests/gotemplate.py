@@ -2,7 +2,8 @@
 
 Supported: text; actions with `{{-`/`-}}` trimming; `.Field` (on the current value, so
 `.Role` inside a range), `$.Field`, `$var`; `range .X` and `range $i, $m := .X`;
-`if` / `else if` / `else` / `end`; the functions eq, ne, and, or, not, gt, lt, len; string
+`if` / `else if` / `else` / `end`; the functions eq, ne, and, or, not, gt, lt, le, ge, len,
+slice; string
 and integer literals; parenthesised calls. Anything else raises, so a template using more
 than this fails its test instead of being rendered wrongly. Go semantics followed:
 truthiness (empty string, 0, empty list, nil are false), `and`/`or` return an operand.
@@ -113,7 +114,8 @@ def _evaluate(expression: str, scope: dict):
 
 FUNCTIONS = {
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b, "gt": lambda a, b: a > b, "lt": lambda a, b: a < b,
-    "not": lambda a: not _truth(a), "len": len,
+    "le": lambda a, b: a <= b, "ge": lambda a, b: a >= b, "not": lambda a: not _truth(a), "len": len,
+    "slice": lambda items, *bounds: items[slice(*bounds)] if len(bounds) == 2 else items[bounds[0]:],  # x[i:] or x[i:j]
 }
 
 

@@ -9,9 +9,13 @@ What each check covers:
   DeepSeek pre-tokenizer and splits digit runs as GPT-2 does, and it renumbers special
   tokens. Those are covered by the GGUF's own metadata instead: every token's text and
   type, the merges, the pre-tokenizer name llama.cpp reads, the special ids, the template;
-- llama.cpp itself, where llama-cpp-python is installed: the greedy continuation.
+- llama.cpp itself, where llama-cpp-python is installed (it has no wheel on PyPI for Linux
+  x86-64 CPython 3.11; built from its sdist it runs here): its tokenizer's ids, its logits
+  and its greedy continuation, Llama and Qwen2 layouts, f16 and q8_0.
 """
 
+import contextlib
+import importlib.util
 import json
 import shutil
 
@@ -20,7 +24,6 @@ import pytest
 import torch
 
 import transformers
-from packaging.version import Version
 
 import portaft
 from portaft.after import export as exporting
@@ -72,7 +75,12 @@ def relative_gap(gguf_dir, reference_dir, name) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(reference_dir)
     reference = logits(AutoModelForCausalLM.from_pretrained(reference_dir).eval(), tokenizer)
-    loaded = logits(AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name).eval(), tokenizer)
+    # No output.weight in a GGUF means tied embeddings (llama.cpp reads token_embd for both).
+    # transformers' reader ties them only since its PR #35085 (December 2024); 4.45.2's leaves a
+    # random lm_head. Passing it here keeps the check about the file, on either version.
+    tied = all(t.name != "output.weight" for t in read_gguf(gguf_dir / name).tensors)
+    loaded = logits(AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=name, tie_word_embeddings=tied).eval(),
+                    tokenizer)
     return max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(reference, loaded))
 
 
@@ -87,15 +95,6 @@ def field(reader, key):
     return found.contents() if found is not None else None
 
 
-# Seen in CI's openMind environment: transformers 4.45.2's GGUF reader gives a relative logit gap
-# of 1.6 (f16) on the Llama layout, where 5.25's gives 3e-4; on the Qwen2 layout both agree. Not
-# explained yet, so the Llama round trip is checked against transformers >= 5 only (issue 30's note).
-llama_round_trip = pytest.mark.skipif(Version(transformers.__version__) < Version("5"),
-                                      reason="transformers 4.45's GGUF reader disagrees on the Llama layout "
-                                             "(a 1.6 relative logit gap, not explained yet)")
-
-
-@llama_round_trip
 def test_an_adapter_run_exports_to_a_gguf_that_computes_what_the_merged_model_does(run, tmp_path, capsys):
     out, merged = run
     assert main(["export", str(out), "--to", str(tmp_path / "gguf")]) == 0
@@ -107,7 +106,6 @@ def test_an_adapter_run_exports_to_a_gguf_that_computes_what_the_merged_model_do
     assert "FROM ./out.gguf" in modelfile and 'SYSTEM """你是黄大力的智能助手。"""' in modelfile
 
 
-@llama_round_trip
 def test_q8_0_is_within_its_measured_bound_and_smaller(run, f16, tmp_path):
     out, merged = run
     q8 = exporting.export(out, tmp_path / "q8", quant="q8_0", name="m", echo=lambda _: None)
@@ -201,9 +199,8 @@ def test_qwen_layouts_round_trip(tiny_model, tmp_path, model_class, extra, arch,
     assert '<|im_start|>system\nYou are Qwen' in result.modelfile.read_text(encoding="utf-8")  # the qwen TEMPLATE
 
 
-def test_internlm2_wqkv_is_split_into_the_llama_layout(tiny_model, tmp_path):
-    """InternLM2 packs q, k, v per key/value group in one wqkv; the export must give the
-    same q, k and v as the Llama export of the same weights (grouped-query attention here)."""
+def internlm2_folder(tiny_model, tmp_path):
+    """A Llama model folder (grouped-query attention) and an InternLM2 folder of the same weights."""
     from safetensors.torch import load_file, save_file
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -215,7 +212,6 @@ def test_internlm2_wqkv_is_split_into_the_llama_layout(tiny_model, tmp_path):
     torch.manual_seed(2)
     LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
-    llama = exporting.export(tmp_path / "llama", tmp_path / "llama-gguf", quant="f16", name="m", echo=lambda _: None)
 
     weights = load_file(tmp_path / "llama" / "model.safetensors")
     renamed = {"model.tok_embeddings.weight": weights["model.embed_tokens.weight"],
@@ -237,6 +233,14 @@ def test_internlm2_wqkv_is_split_into_the_llama_layout(tiny_model, tmp_path):
     (folder / "config.json").write_text(json.dumps({**values, "architectures": ["InternLM2ForCausalLM"],
                                                     "model_type": "internlm2"}))
     tokenizer.save_pretrained(folder)
+    return tmp_path / "llama", folder
+
+
+def test_internlm2_wqkv_is_split_into_the_llama_layout(tiny_model, tmp_path):
+    """InternLM2 packs q, k, v per key/value group in one wqkv; the export must give the
+    same q, k and v as the Llama export of the same weights."""
+    llama_folder, folder = internlm2_folder(tiny_model, tmp_path)
+    llama = exporting.export(llama_folder, tmp_path / "llama-gguf", quant="f16", name="m", echo=lambda _: None)
     internlm = exporting.export(folder, tmp_path / "gguf", quant="f16", name="m", echo=lambda _: None)
     ours, reference = read_gguf(internlm.gguf), read_gguf(llama.gguf)
     assert field(ours, "general.architecture") == "internlm2"
@@ -289,19 +293,226 @@ def test_an_architecture_portaft_does_not_export_is_named(tmp_path, capsys):
     assert "GPT2LMHeadModel" in message and "LlamaForCausalLM" in message and "Qwen2ForCausalLM" in message
 
 
-def test_llama_cpp_greedy_decodes_what_transformers_does(run, f16):
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python has no wheel for this machine")
+# llama.cpp itself as the referee (llama-cpp-python bundles it). PyPI has no wheel of it for
+# Linux x86-64 CPython 3.11; it builds from its sdist (docs/after-training.md says how).
+needs_llama_cpp = pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                                     reason="llama-cpp-python is not installed (no wheel on PyPI for this machine: "
+                                            "build it from its sdist, see docs/after-training.md)")
+# llama.cpp's tokenizer applies the DeepSeek-V3 pre-tokenizer, so digit and whitespace runs and
+# special tokens written in the text are checked here too
+LLAMA_CPP_TEXTS = TEXTS + ["我想在apple工作1314151天～", "a  b\n\n\tc   d", "3.14159 and 33333",
+                           "<｜begin▁of▁sentence｜>User: 你好\n\nAssistant: 我是黄大力的智能助手。<｜end▁of▁sentence｜>"]
+LLAMA_CPP_F16 = 2e-3  # max |llama.cpp - merged| logit / max |merged| logit; measured 4.9e-4, 2026-12-07
+LLAMA_CPP_Q8 = 3e-2  # measured 1.25e-2 (llama.cpp also rounds the activations to 8 bits)
+LLAMA_CPP_QWEN3 = 3e-3  # measured 1.1e-3
+CONTINUATION = 8  # greedy tokens compared
+
+
+@contextlib.contextmanager
+def llama_cpp_model(gguf):
+    from llama_cpp import Llama
+
+    model = Llama(str(gguf), n_ctx=256, n_threads=2, logits_all=True, verbose=False)
+    try:
+        yield model
+    finally:
+        model.close()
+
+
+def llama_cpp_logits(model, ids) -> torch.Tensor:
+    model.reset()
+    model.eval(ids)
+    return torch.from_numpy(np.array(model.scores[:len(ids)]))
+
+
+def llama_cpp_greedy(model, ids, count) -> list[int]:
+    produced = []
+    for token in model.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0):  # temp 0: llama.cpp's greedy sampler
+        produced.append(token)
+        if len(produced) == count:
+            return produced
+    return produced
+
+
+def assert_llama_cpp_tokenizes_as(gguf, tokenizer, texts):
+    with llama_cpp_model(gguf) as model:
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            assert model.tokenize(text.encode(), add_bos=False, special=True) == ids, text
+
+
+def assert_llama_cpp_computes_what_transformers_does(gguf, reference_dir, bound) -> float:
+    """Logits on PROMPTS within `bound` (relative), and the same greedy continuation. Returns the gap."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(reference_dir)
+    reference = AutoModelForCausalLM.from_pretrained(reference_dir).eval()
+    gap = 0.0
+    with llama_cpp_model(gguf) as model:
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt)["input_ids"]
+            with torch.no_grad():
+                expected = reference(torch.tensor([ids])).logits[0].float()
+                continuation = reference.generate(torch.tensor([ids]), max_new_tokens=CONTINUATION, do_sample=False,
+                                                  min_new_tokens=CONTINUATION)[0, len(ids):].tolist()
+            got = llama_cpp_logits(model, ids)
+            gap = max(gap, ((got - expected).abs().max() / expected.abs().max()).item())
+            assert llama_cpp_greedy(model, ids, CONTINUATION) == continuation, prompt
+    assert gap < bound
+    return gap
+
+
+@needs_llama_cpp
+def test_llama_cpp_tokenizes_as_the_run_tokenizer(run, f16):
+    """The DeepSeek-V3 tokenizer (pre-tokenizer deepseek-v3) of the tiny model, read by llama.cpp."""
+    from transformers import AutoTokenizer
+
+    from portaft.data.templates import render
 
     _, merged = run
     tokenizer = AutoTokenizer.from_pretrained(merged)
-    ids = tokenizer(PROMPTS[0])["input_ids"]
-    expected = AutoModelForCausalLM.from_pretrained(merged).generate(torch.tensor([ids]), max_new_tokens=8,
-                                                                     do_sample=False)[0, len(ids):].tolist()
-    model = llama_cpp.Llama(str(f16 / "m.gguf"), n_ctx=256, verbose=False)
-    produced = []
-    for token in model.generate(ids, temp=0.0, top_k=1):
-        produced.append(token)
-        if len(produced) == len(expected):
-            break
-    assert produced == expected
+    conversation = [{"role": "system", "content": "你是黄大力的智能助手。"}, {"role": "user", "content": "你是谁？"},
+                    {"role": "assistant", "content": "我是黄大力的智能助手。"}, {"role": "user", "content": "Who made you?"}]
+    chat = render(tokenizer, DEEPSEEK, conversation, add_generation_prompt=True)  # what `portaft chat` feeds the model
+    assert_llama_cpp_tokenizes_as(f16 / "m.gguf", tokenizer, LLAMA_CPP_TEXTS + [chat])
+    with llama_cpp_model(f16 / "m.gguf") as model:
+        # add_bos_token: llama.cpp starts a prompt with bos, as the deepseek template does in training
+        assert model.tokenize("你是谁？".encode(), add_bos=True)[0] == tokenizer.bos_token_id
+        assert model.token_eos() == tokenizer.eos_token_id
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("quant, bound", [("f16", LLAMA_CPP_F16), ("q8_0", LLAMA_CPP_Q8)])
+def test_llama_cpp_runs_the_llama_layout_as_the_merged_model(run, tmp_path, quant, bound):
+    """Also settles the q/k permutation (llama.cpp applies rotary in its own order) and tied
+    embeddings (no output.weight: llama.cpp reads token_embd for both)."""
+    out, merged = run
+    result = exporting.export(out, tmp_path / "gguf", quant=quant, name="m", echo=lambda _: None)
+    assert "output.weight" not in {t.name for t in read_gguf(result.gguf).tensors}
+    print(f"llama.cpp, Llama layout, {quant}: relative logit gap "
+          f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, merged, bound):.2e}")
+
+
+@needs_llama_cpp
+@pytest.mark.parametrize("model_class, extra, quant, bound", [
+    ("Qwen2ForCausalLM", {}, "f16", LLAMA_CPP_F16), ("Qwen2ForCausalLM", {}, "q8_0", LLAMA_CPP_Q8),
+    # q/k norms, head_dim 128 != hidden / heads
+    pytest.param("Qwen3ForCausalLM", {"head_dim": 128}, "f16", LLAMA_CPP_QWEN3,
+                 marks=pytest.mark.skipif(not hasattr(transformers, "Qwen3ForCausalLM"),
+                                          reason="this transformers has no Qwen3 (4.45)")),
+])
+def test_llama_cpp_runs_the_qwen_layouts_as_transformers(tiny_model, tmp_path, model_class, extra, quant, bound,
+                                                         monkeypatch):
+    from transformers import AutoTokenizer
+
+    folder = qwen_folder(tmp_path / "model", tiny_model, model_class, **extra)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    if model_class == "Qwen2ForCausalLM":  # read as a Qwen2Tokenizer: Qwen2's pre-tokenizer (the round trip's case)
+        monkeypatch.setattr("portaft.after.export.vocab.pre_tokenizer", lambda tokenizer: "qwen2")
+    # (Qwen3 has no tokenizer class of its own: the DeepSeek-V3 tokenizer as it is, found as deepseek-v3)
+    result = exporting.export(folder, tmp_path / "gguf", quant=quant, echo=lambda _: None)
+    # the same ids from llama.cpp's rules for that pre-tokenizer; and no bos (the qwen template writes none)
+    assert_llama_cpp_tokenizes_as(result.gguf, tokenizer, LLAMA_CPP_TEXTS)
+    with llama_cpp_model(result.gguf) as model:
+        assert model.tokenize("你是谁？".encode(), add_bos=True) == tokenizer("你是谁？")["input_ids"]
+    print(f"llama.cpp, {model_class}, {quant}: relative logit gap "
+          f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, folder, bound):.2e}")
+
+
+@needs_llama_cpp
+def test_llama_cpp_runs_the_internlm2_export_as_the_llama_model_of_its_weights(tiny_model, tmp_path):
+    llama_folder, folder = internlm2_folder(tiny_model, tmp_path)
+    result = exporting.export(folder, tmp_path / "gguf", quant="f16", name="m", echo=lambda _: None)
+    print(f"llama.cpp, InternLM2, f16: relative logit gap "
+          f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, llama_folder, LLAMA_CPP_F16):.2e}")
+
+
+def sentencepiece_folder(folder, keep_model_file: bool = True):
+    """A tiny Llama 2-style model: a SentencePiece BPE tokenizer with byte fallback (trained here,
+    offline), its tokenizer.model (unless not kept: a folder saved without it), the tokenizer.json
+    transformers converts it to, the llama2 template."""
+    import io
+
+    spm = pytest.importorskip("sentencepiece", reason="training a SentencePiece tokenizer needs sentencepiece")
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from portaft.data.chat_templates import LLAMA2
+
+    trained = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(TEXTS * 20), model_writer=trained, vocab_size=420,
+                                   model_type="bpe", byte_fallback=True, character_coverage=1.0, split_digits=True,
+                                   unk_id=0, bos_id=1, eos_id=2, pad_id=-1, minloglevel=2)
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.model").write_bytes(trained.getvalue())
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "legacy": False, "chat_template": LLAMA2}))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # the environment, not the export: e.g. sentencepiece 0.2.3's protobuf code vs protobuf 6
+        pytest.skip(f"transformers cannot read a SentencePiece model here: {error}")
+    tokenizer.save_pretrained(folder)
+    if not keep_model_file:
+        (folder / "tokenizer.model").unlink()
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=176, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(4)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder, trained.getvalue()
+
+
+def test_a_sentencepiece_tokenizer_is_written_as_llama_cpp_s_llama_model(tmp_path):
+    from sentencepiece import SentencePieceProcessor
+    from transformers import AutoTokenizer
+
+    folder, model_file = sentencepiece_folder(tmp_path / "model")
+    result = exporting.export(folder, tmp_path / "gguf", echo=lambda _: None)
+    reader = read_gguf(result.gguf)
+    pieces = SentencePieceProcessor(model_proto=model_file)
+    ids = range(pieces.vocab_size())
+    assert field(reader, "tokenizer.ggml.model") == "llama" and field(reader, "tokenizer.ggml.pre") == "default"
+    assert field(reader, "tokenizer.ggml.tokens") == [pieces.IdToPiece(i) for i in ids]
+    assert field(reader, "tokenizer.ggml.scores") == pytest.approx(
+        [-1000.0 if pieces.IsControl(i) or pieces.IsUnknown(i) else pieces.GetScore(i) for i in ids])
+    # <unk>, <s>, </s> control (the tokenizer marks them special: as llama.cpp's converter), the 256 bytes, the rest normal
+    types = field(reader, "tokenizer.ggml.token_type")
+    assert types[:3] == [3, 3, 3] and all(types[i] == (6 if pieces.IsByte(i) else 1) for i in ids if i >= 3)
+    assert sum(t == 6 for t in types) == 256
+    assert reader.get_field("tokenizer.ggml.merges") is None  # SentencePiece merges by score
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert (field(reader, "tokenizer.ggml.bos_token_id"), field(reader, "tokenizer.ggml.eos_token_id"),
+            field(reader, "tokenizer.ggml.unknown_token_id")) == (1, 2, 0) == (
+        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id)
+    assert field(reader, "tokenizer.ggml.add_bos_token") is True  # the llama2 template writes <s> first
+    # transformers puts no "▁" after <s> (Metaspace "first"), so llama.cpp must put none after bos either
+    assert field(reader, "tokenizer.ggml.add_space_prefix") is False
+
+
+@needs_llama_cpp
+# without tokenizer.model the vocabulary is read from tokenizer.json by gguf's LlamaHfVocab, as
+# llama.cpp's converter does (every score -1000: the ids below show llama.cpp still splits alike)
+@pytest.mark.parametrize("keep_model_file", [True, False], ids=["tokenizer.model", "tokenizer.json only"])
+def test_llama_cpp_tokenizes_and_runs_a_sentencepiece_model_as_transformers(tmp_path, keep_model_file):
+    from transformers import AutoTokenizer
+
+    from portaft.data.chat_templates import LLAMA2
+    from portaft.data.templates import render
+
+    folder, _ = sentencepiece_folder(tmp_path / "model", keep_model_file)
+    result = exporting.export(folder, tmp_path / "gguf", echo=lambda _: None)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    # as training reads them: the llama2 template's rendering, from <s> on (byte fallback for the
+    # digits, ü and “ that are not among its 420 pieces); and llama.cpp's own bos before the same text
+    chats = [render(tokenizer, LLAMA2, [{"role": "user", "content": text}], add_generation_prompt=True)
+             for text in TEXTS + ["我想在apple工作1314151天～"]]
+    chats.append(render(tokenizer, LLAMA2, [{"role": "system", "content": "你是黄大力的智能助手。"},
+                                            {"role": "user", "content": "你是谁？"},
+                                            {"role": "assistant", "content": "我是黄大力的智能助手。"},
+                                            {"role": "user", "content": "Who made you?"}], add_generation_prompt=True))
+    assert_llama_cpp_tokenizes_as(result.gguf, tokenizer, chats)
+    with llama_cpp_model(result.gguf) as model:
+        text = chats[0].removeprefix(tokenizer.bos_token)
+        assert model.tokenize(text.encode(), add_bos=True) == tokenizer(chats[0], add_special_tokens=False)["input_ids"]
+    print(f"llama.cpp, SentencePiece Llama, f16: relative logit gap "
+          f"{assert_llama_cpp_computes_what_transformers_does(result.gguf, folder, LLAMA_CPP_F16):.2e}")

@@ -42,12 +42,26 @@ GO_TEMPLATES = {
     "default": ('{{ range .Messages }}{{ if eq .Role "system" }}System: {{ .Content }}' + EOS + '\n'
                 '{{ else if eq .Role "user" }}Human: {{ .Content }}' + EOS + '\nAssistant:'
                 '{{ else if eq .Role "assistant" }}{{ .Content }}' + EOS + '\n{{ end }}{{ end }}'),
+    # Mistral v0.3 writes the system prompt into the last user message only (the one a chat
+    # request ends with): Go templates have no arithmetic, so "last" is one message left to slice
+    "mistral": (BOS + '{{ range $i, $m := .Messages }}{{ if eq .Role "user" }}[INST] '
+                '{{ if and $.System (eq (len (slice $.Messages $i)) 1) }}{{ $.System }}\n\n{{ end }}{{ .Content }}[/INST]'
+                '{{ else if eq .Role "assistant" }} {{ .Content }}' + EOS + '{{ end }}{{ end }}'),
+    # Gemma: the system prompt opens the first user message (right after the system message); replies are "model"
+    "gemma": (BOS + '{{ range $i, $m := .Messages }}{{ if eq .Role "user" }}<start_of_turn>user\n'
+              '{{ if and $.System (eq $i 1) }}{{ $.System }}\n\n{{ end }}{{ .Content }}<end_of_turn>\n'
+              '{{ else if eq .Role "assistant" }}<start_of_turn>model\n{{ .Content }}<end_of_turn>\n{{ end }}{{ end }}'
+              '<start_of_turn>model\n'),
+    # Llama 3.1: a system header always, with the template's knowledge date and its default today's date
+    "llama3.1": (BOS + '<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n'
+                 'Today Date: 26 Jul 2024\n\n{{ $.System }}<|eot_id|>{{ range .Messages }}{{ if ne .Role "system" }}'
+                 '<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>{{ end }}{{ end }}'
+                 '<|start_header_id|>assistant<|end_header_id|>\n\n'),
 }
-# Built-in templates without a Go twin yet (added with issue 26 after the export was written):
-# their Modelfile leaves TEMPLATE to Ollama, which derives it from the GGUF's chat template
-WITHOUT_GO_TWIN = {"mistral": "the system prompt goes into the last user message",
-                   "gemma": "the system prompt joins the first user message, roles renamed",
-                   "llama3.1": "a system header with knowledge and today's dates"}
+# Built-in templates without a Go twin (none today): their Modelfile leaves TEMPLATE to Ollama,
+# which derives it from the GGUF's chat template. A new built-in template goes here, with the
+# reason, until it has its twin (tests/unit/test_export_modelfile.py holds every one to this).
+WITHOUT_GO_TWIN: dict[str, str] = {}
 # portaft's `eval_prompts` and `portaft chat` answer greedily; Ollama's default samples at 0.8
 SAMPLING = {"temperature": 0}
 

@@ -82,6 +82,8 @@ def write_tokenizer(writer: Any, folder: Path, tokenizer: Any, vocab_size: int, 
     special = gguf.SpecialVocab(folder, load_merges=model == "gpt2", n_vocab=len(tokens))
     probe = tokenizer("a")["input_ids"]
     add_bos = adds_bos(tokenizer, template)
+    if model == "llama" and _space_prefix_at_start_only(tokenizer, add_bos):
+        writer.add_add_space_prefix(False)
     special.add_special_token.update(bos=add_bos, eos=tokenizer.eos_token_id is not None
                                      and probe[-1:] == [tokenizer.eos_token_id])
     for kind in ("bos", "eos", "pad", "unk"):  # the tokenizer the run saved is the authority
@@ -165,6 +167,25 @@ def _sentencepiece_vocab(folder: Path, tokenizer: Any, vocab_size: int) -> tuple
             scores[i] = -1000.0
             types[i] = int(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
     return tokens, scores, types
+
+
+def _space_prefix_at_start_only(tokenizer: Any, add_bos: bool) -> bool:
+    """Whether llama.cpp must not put "▁" before text: transformers' Metaspace "first" (how it
+    loads a Llama tokenizer with legacy off, whatever its tokenizer.json says) puts it only at
+    the very start of a text, so a chat rendered from bos on gets none, not after bos nor after
+    any other special token. llama.cpp's SentencePiece tokenizer puts one after each special
+    token, unless add_space_prefix is off. The loaded tokenizer is read: it is what training used."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or backend.pre_tokenizer is None:
+        return False
+    stack = [json.loads(backend.pre_tokenizer.__getstate__())]
+    while stack:
+        step = stack.pop()
+        stack += step.get("pretokenizers") or []
+        if step.get("type") == "Metaspace":
+            scheme = step.get("prepend_scheme", "always")
+            return scheme == "never" or (scheme == "first" and add_bos)
+    return False
 
 
 def _byte_fallback_bpe(folder: Path) -> bool:
