@@ -50,6 +50,11 @@ def test_the_two_paths_carry_the_seed_settings_and_differ_only_in_split_liger_an
     changed = {key for key in best if best[key] != defaults.get(key)}
     assert changed == {"per_device_train_batch_size", "gradient_accumulation_steps", "enable_liger_kernel",
                        "disable_gradient_checkpointing"}
+    # its best where 16 x 1 does not fit an 80 GB card: the same effective batch in two micro-batches
+    fitting = seed_llamafactory.config("llamafactory-best-8x2", *args, cuda=True)
+    assert {key for key in fitting if fitting[key] != best[key]} == {"per_device_train_batch_size",
+                                                                     "gradient_accumulation_steps"}
+    assert seed_llamafactory.split_of(fitting)["micro_batch"] * fitting["gradient_accumulation_steps"] == 16
     # on the CPU (the smoke run) precision follows the device and the Triton kernel is off
     cpu = seed_llamafactory.config("llamafactory-best", *args, cuda=False)
     assert cpu["bf16"] is False and cpu["enable_liger_kernel"] is False
