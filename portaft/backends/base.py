@@ -154,6 +154,8 @@ class TransformersBackend(abc.ABC):
         device = self.device_for(recipe)
         if device.type == "cpu" or recipe.train.get("use_cpu") or engines.asked(recipe):
             return {}
+        if not _torch_has_accelerator(device.type):  # the Trainer would train on the CPU: load there as before
+            return {}
         return {"device_map": {"": f"{device.type}:{int(os.environ.get('LOCAL_RANK', '0'))}"}}
 
     def training_arguments(self, **kwargs: Any) -> Any:
@@ -184,6 +186,18 @@ class TransformersBackend(abc.ABC):
                 "a hub id up on its own hub, not the one you may mean; download the model and give its folder."
             )
         return library
+
+
+def _torch_has_accelerator(device_type: str) -> bool:
+    """Whether torch itself sees an accelerator of this type (torch.accelerator, torch >= 2.6;
+    torch_npu registers the NPU there); an older torch: not known, so no."""
+    import torch
+
+    accelerator = getattr(torch, "accelerator", None)
+    if accelerator is None or not hasattr(accelerator, "current_accelerator"):
+        return False
+    found = accelerator.current_accelerator()
+    return found is not None and found.type == device_type
 
 
 def _precision(recipe: Recipe, device: Device, backend: str) -> list[str]:

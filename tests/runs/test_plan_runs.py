@@ -98,7 +98,7 @@ def test_out_of_memory_in_the_first_step_retries_once_with_a_smaller_micro_batch
     with pytest.raises(torch.OutOfMemoryError):  # 16 -> 8 is still too large, and it retries only once
         portaft.run(_seed_recipe(recipe_dict, tmp_path, "twice"), backend="cpu", echo=lambda _: None)
 
-    monkeypatch.setattr(execution, "_choose", lambda *args: (4, False))  # the memory model's guess: 4 fit
+    monkeypatch.setattr(execution, "_choose", lambda *args, **kwargs: (4, False))  # the memory model's guess: 4 fit
     retried = portaft.run(_seed_recipe(recipe_dict, tmp_path, "retried"), backend="cpu", echo=lambda _: None)
     record = json.loads((retried.output_dir / "portaft_run.json").read_text())["plan"]
     assert (record["micro_batch"], record["accumulation"]) == (2, 8)

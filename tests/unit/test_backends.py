@@ -225,8 +225,13 @@ def test_an_accelerators_loader_reads_the_weights_onto_this_processs_device(monk
         return Recipe.model_validate({"model": {"name_or_path": "m"}, "data": [{"path": "d"}],
                                       "train": {"output_dir": "/tmp/unused", **changes.pop("train", {})}, **changes})
 
+    import portaft.backends.base as base
+
     backend = Accelerator()
     monkeypatch.setenv("LOCAL_RANK", "1")
+    # a device torch does not see (a plugin's device faked available): the Trainer trains on the CPU, load there
+    assert backend._straight_to_device(recipe()) == {}
+    monkeypatch.setattr(base, "_torch_has_accelerator", lambda device_type: device_type == "npu")
     assert backend._straight_to_device(recipe()) == {"device_map": {"": "npu:1"}}
     assert backend._straight_to_device(recipe(device="cpu")) == {}
     assert backend._straight_to_device(recipe(train={"deepspeed": "zero2"})) == {}
