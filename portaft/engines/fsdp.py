@@ -46,6 +46,17 @@ def _user_config(train: dict) -> dict | str:
     return {key[5:] if key.startswith("fsdp_") else key: item for key, item in value.items()}
 
 
+def completed_config(train: dict) -> dict:
+    """train.fsdp_config as `complete` left it (a dict of settings); {} where there is none."""
+    config = train.get("fsdp_config")
+    return config if isinstance(config, dict) else {}
+
+
+def own_checkpointing(train: dict) -> bool | None:
+    """FSDP's own activation checkpointing (`complete` moves the recipe's there) under train.fsdp, else None."""
+    return bool(completed_config(train).get("activation_checkpointing")) if asked(train) else None
+
+
 def unavailable() -> str | None:
     """Why FSDP2 through transformers cannot run with the installed packages, else None."""
     import dataclasses

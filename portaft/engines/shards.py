@@ -37,7 +37,7 @@ def of(recipe: Any, processes: int) -> Shards:
     train = recipe.train
     n = max(1, processes)
     if fsdp.asked(train):
-        config = train.get("fsdp_config") if isinstance(train.get("fsdp_config"), dict) else {}
+        config = fsdp.completed_config(train)
         if config.get("cpu_offload"):
             return Shards("FSDP (CPU offload)", None, None, None, gathered_layers=2)
         if config.get("reshard_after_forward", True) is False:  # shard_grad_op

@@ -31,7 +31,7 @@ from typing import Any
 
 from portaft.compat import checkpointing as asks_for_checkpointing
 from portaft.compat import set_checkpointing
-from portaft.engines import shards
+from portaft.engines import fsdp, shards
 from portaft.errors import UserError
 
 SAFETY = 1.25  # on the activation estimate: allocator rounding, temporaries the count leaves out
@@ -98,7 +98,7 @@ def plan_execution(recipe: Any, args: Any, model: Any, lengths: list[int], proce
     fixed = facts.device_state_bytes(split, bytes_off(model, args.device))
     # FSDP checkpoints through its own setting (engines/fsdp.py moved the recipe's there): kept as it is, since
     # gradient_checkpointing beside FSDP gathers every layer's weights once more
-    fsdp_own = fsdp_checkpointing(recipe)
+    fsdp_own = fsdp.own_checkpointing(recipe.train)
 
     def peak(micro: int, checkpointing: bool) -> float:
         checkpointing = checkpointing if fsdp_own is None else fsdp_own
@@ -118,14 +118,6 @@ def plan_execution(recipe: Any, args: Any, model: Any, lengths: list[int], proce
                f"{how} (longest sample {longest} tokens{engine})")
     return Execution("auto", micro, effective // micro, checkpointing, written, why, round(budget / GIB, 2),
                      round(peak(micro, checkpointing) / GIB, 2))
-
-
-def fsdp_checkpointing(recipe: Any) -> bool | None:
-    """FSDP's own activation checkpointing setting under train.fsdp, else None."""
-    if not recipe.train.get("fsdp"):
-        return None
-    config = recipe.train.get("fsdp_config")
-    return bool(config.get("activation_checkpointing")) if isinstance(config, dict) else False
 
 
 def _choose(effective: int, written_micro: int, budget: float, peak: Any,

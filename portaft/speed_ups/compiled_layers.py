@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from portaft.compat import checkpointing
-from portaft.engines import deepspeed
+from portaft.engines import deepspeed, fsdp
 
 NAME = "compiled_layers"
 STAGE = "model"
@@ -32,7 +32,7 @@ def applies(training: Any) -> str | None:
     recipe = training.recipe
     if recipe.quantization is not None:
         return "not tried with bitsandbytes' 4-bit layers"
-    fsdp_checkpointing = (recipe.train.get("fsdp_config") or {}).get("activation_checkpointing")
+    fsdp_checkpointing = fsdp.completed_config(recipe.train).get("activation_checkpointing")
     if checkpointing(recipe.train) or fsdp_checkpointing:
         return "not tried with gradient checkpointing, which recomputes each layer in the backward pass"
     if deepspeed.stage(recipe.train) == 3:
