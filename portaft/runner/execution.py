@@ -112,7 +112,7 @@ def plan_execution(recipe: Any, args: Any, model: Any, lengths: list[int], proce
                f"{engine}; kept as written")
     else:
         micro, checkpointing = choice
-        how = (f"FSDP's own activation checkpointing {'on' if fsdp_own else 'off'} (kept)" if fsdp_own is not None
+        how = (f"with FSDP's own activation checkpointing {'on' if fsdp_own else 'off'} (kept)" if fsdp_own is not None
                else f"{'with' if checkpointing else 'without'} gradient checkpointing")
         why = (f"the largest micro-batch of the {effective} samples a step that fits {budget / GIB:.1f} GiB free "
                f"{how} (longest sample {longest} tokens{engine})")
