@@ -1,5 +1,3 @@
-import sys
+from portaft.cli import entry
 
-from portaft.cli import main
-
-sys.exit(main())
+entry()

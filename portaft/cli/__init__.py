@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import traceback
 
@@ -49,3 +50,15 @@ def main(argv: list[str] | None = None) -> int:
         print("portaft: internal error (the traceback above is portaft's fault, not yours: please report it)",
               file=sys.stderr)
         return 1
+
+
+def entry() -> None:
+    """The `portaft` command itself (the console script and `python -m portaft`): main(), then
+    an exit that leaves the libraries' objects to the operating system. Python's shutdown
+    walks every object still alive in a last collection (transformers', peft's and torch's
+    modules: 1.2 s on a 2-core CPU, measured, even after a recipe error); frozen, the
+    collector skips them. Files still close and atexit hooks still run as in any exit. Not
+    in main(), which tests and scripts call in a process that goes on."""
+    code = main()
+    gc.freeze()
+    sys.exit(code)

@@ -102,3 +102,15 @@ def test_version_and_the_data_module_come_with_a_plain_import():
     code = "import portaft; print(portaft.data.load.__module__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and done.stdout.strip() == "portaft.data", done.stderr
+
+
+def test_the_command_exits_with_mains_code_and_still_runs_exit_hooks(tmp_path):
+    # entry() freezes the objects left before exiting (a faster shutdown); the exit code, the
+    # message and atexit hooks (where trackers such as wandb finish their upload) must survive it
+    script = ("import atexit, sys\nfrom portaft.cli import entry\n"
+              "atexit.register(lambda: print('exit hook ran', flush=True))\n"
+              f"sys.argv = ['portaft', 'run', {str(tmp_path / 'missing.yaml')!r}]\nentry()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "recipe file not found" in done.stderr and "Traceback" not in done.stderr
+    assert "exit hook ran" in done.stdout
