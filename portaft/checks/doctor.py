@@ -4,6 +4,7 @@ device really computes: `portaft doctor`. Every problem comes with a fix."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from packaging.version import Version
 
 from portaft.runner.outputs import library_versions
 
-from . import ascend
+from . import ascend, bytecode
 
 # Ranges the test suites run on (main CI environment and the openMind one).
 TESTED = {"transformers": ("4.45.2", "6"), "peft": ("0.13.2", "0.22")}  # [low, high)
@@ -122,6 +123,8 @@ def diagnose(nproc: int | None = None) -> Report:
         if check.smoke_test not in (None, "ok"):
             report.problems.append(Problem(f"backend {check.name}: the device smoke test failed: {check.smoke_test}",
                                            f"check the {check.name} driver/runtime install (`portaft backends`)"))
+    report.problems += [Problem(**f) for f in bytecode.bytecode_findings(sys.modules, sys.dont_write_bytecode,
+                                                                         sys.pycache_prefix)]
     if "torch_npu" in versions and report.cann is None:
         report.problems.append(Problem("torch_npu is installed but no CANN toolkit was found",
                                        "install CANN and `source <CANN>/set_env.sh` (sets ASCEND_TOOLKIT_HOME)", True))
