@@ -4,12 +4,14 @@ Where PYTHONDONTWRITEBYTECODE is set (many container images set it) and the inst
 .pyc files are missing or stale (copied without their sources' times, or made for another
 Python), every process compiles transformers, peft and torch again: 10.9 s of each
 `portaft run` on one H100 machine (bench/results/seed-recipe-2026-12-07-c/). `portaft
-doctor` reports it; nothing here changes how Python imports.
+doctor` reports it, and `portaft run` says it in one line; nothing here changes how Python
+imports.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from importlib.util import MAGIC_NUMBER
 from types import ModuleType
 from typing import Mapping
@@ -56,3 +58,12 @@ def bytecode_findings(modules: Mapping[str, ModuleType], dont_write: bool, prefi
              "fix": ("keep the compiled files outside the install: export PYTHONPYCACHEPREFIX=~/.cache/pycache "
                      "and unset PYTHONDONTWRITEBYTECODE (or run `python -m compileall -q` over site-packages "
                      "once, as whoever installed it)")}]
+
+
+def recompiling() -> str | None:
+    """The line `portaft run` prints where this process compiled the libraries and may not keep
+    them; None at once where Python may write bytecode (nothing read)."""
+    if not sys.dont_write_bytecode:
+        return None
+    found = bytecode_findings(sys.modules, True, sys.pycache_prefix)
+    return f"{found[0]['what']}; to start faster: {found[0]['fix']}" if found else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from portaft import engines
+from portaft.checks import bytecode
 from portaft.data.packing import resolve_packing
 from portaft.errors import UserError
 from portaft.plugins import Plugins
@@ -42,6 +43,8 @@ def resolve(source: RecipeSource, backend_name: str | None, overrides: Sequence[
     recipe = plugins.read_recipe(source, overrides, surroundings=True)
     backend = plugins.choose_backend(recipe, backend_name)
     notes.say(f"backend {backend.name} (device {'cpu' if recipe.device == 'cpu' else backend.device_type})")
+    if (slow_start := bytecode.recompiling()) is not None:  # printed, not recorded: the machine's, not the recipe's
+        notes.say(slow_start)
     effective, changes = backend.resolve(recipe)
     effective.backend = backend.name
     notes.add(*changes, *apply_defaults(effective))

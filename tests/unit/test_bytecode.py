@@ -4,6 +4,8 @@ import importlib.util
 import py_compile
 import types
 
+import pytest
+
 from portaft.checks import bytecode
 
 
@@ -37,3 +39,14 @@ def test_doctor_says_so_only_where_python_may_not_keep_what_it_compiles(tmp_path
     assert bytecode.bytecode_findings(many, dont_write=False, prefix=None) == []  # it writes them on this launch
     few = dict(list(many.items())[:10])
     assert bytecode.bytecode_findings(few, dont_write=True, prefix=None) == []
+
+
+def test_a_run_says_it_in_one_line_and_reads_nothing_where_python_writes_bytecode(tmp_path, monkeypatch):
+    many = {f"m{i}": module(tmp_path, f"m{i}", compiled=False) for i in range(bytecode.STALE_ENOUGH)}
+    monkeypatch.setattr(bytecode.sys, "modules", many)
+    monkeypatch.setattr(bytecode.sys, "dont_write_bytecode", True)
+    line = bytecode.recompiling()
+    assert line.startswith("Python may not write bytecode here") and "to start faster: keep the compiled" in line
+    monkeypatch.setattr(bytecode, "stale_modules", lambda modules: pytest.fail("read where Python writes bytecode"))
+    monkeypatch.setattr(bytecode.sys, "dont_write_bytecode", False)
+    assert bytecode.recompiling() is None
