@@ -11,22 +11,28 @@ imports.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from importlib.util import MAGIC_NUMBER
 from types import ModuleType
 from typing import Mapping
 
+LIBRARIES = re.compile(r"[/\\](site|dist)-packages[/\\]")
 STALE_ENOUGH = 200  # modules compiled at every launch before it is worth a line (~0.5 s on a fast CPU)
 
 
 def stale_modules(modules: Mapping[str, ModuleType]) -> tuple[int, int]:
-    """(imported modules read from .py files, those of them whose bytecode file is missing or
+    """(installed modules read from .py files, those of them whose bytecode file is missing or
     does not match its source), as importlib decides it (PEP 552: a timestamp .pyc matches
-    on the source's mtime and size; a hash-based one is taken as matching)."""
+    on the source's mtime and size; a hash-based one is taken as matching). Only the
+    libraries count, those under site-packages: a checkout being edited (portaft's own in
+    development, a project's tests) compiles its changed files at any launch anyway."""
     checked = stale = 0
     for module in list(modules.values()):
         source, cached = getattr(module, "__file__", None), getattr(module, "__cached__", None)
         if not isinstance(source, str) or not isinstance(cached, str) or not source.endswith(".py"):
+            continue
+        if not LIBRARIES.search(source):
             continue
         checked += 1
         try:
@@ -53,8 +59,8 @@ def bytecode_findings(modules: Mapping[str, ModuleType], dont_write: bool, prefi
         return []  # a Python that may write bytecode keeps it after the first launch
     return [{"what": ("Python may not write bytecode here (PYTHONDONTWRITEBYTECODE is set"
                       f"{f', PYTHONPYCACHEPREFIX={prefix}' if prefix else ''}) "
-                      f"and {stale} of the {checked} modules imported have no valid .pyc: every launch compiles "
-                      "them again (10.9 s of each `portaft run` on one H100 machine)"),
+                      f"and {stale} of the {checked} library modules imported have no valid .pyc: every launch "
+                      "compiles them again (10.9 s of each `portaft run` on one H100 machine)"),
              "fix": ("keep the compiled files outside the install: export PYTHONPYCACHEPREFIX=~/.cache/pycache "
                      "and unset PYTHONDONTWRITEBYTECODE (or run `python -m compileall -q` over site-packages "
                      "once, as whoever installed it)")}]

@@ -10,7 +10,8 @@ from portaft.checks import bytecode
 
 
 def module(tmp_path, name, compiled=True):
-    source = tmp_path / f"{name}.py"
+    source = tmp_path / "site-packages" / f"{name}.py"  # an installed library's module
+    source.parent.mkdir(exist_ok=True)
     source.write_text(f"X = {name!r}\n")
     found = types.ModuleType(name)
     found.__file__, found.__cached__ = str(source), importlib.util.cache_from_source(str(source))
@@ -27,14 +28,17 @@ def test_bytecode_counts_as_python_would_use_it(tmp_path):
     with open(edited.__file__, "a") as file:  # the source changed after it was compiled: its size no longer matches
         file.write("Y = 2\n")
     builtin = types.ModuleType("builtin")  # no file: nothing to compile
-    assert bytecode.stale_modules({"fresh": fresh, "missing": missing, "edited": edited, "b": builtin}) == (3, 2)
+    own = module(tmp_path, "own", compiled=False)  # a checkout's module, not a library's: not counted
+    own.__file__ = str(tmp_path / "checkout" / "own.py")
+    found = {"fresh": fresh, "missing": missing, "edited": edited, "b": builtin, "own": own}
+    assert bytecode.stale_modules(found) == (3, 2)
 
 
 def test_doctor_says_so_only_where_python_may_not_keep_what_it_compiles(tmp_path):
     many = {f"m{i}": module(tmp_path, f"m{i}", compiled=False) for i in range(bytecode.STALE_ENOUGH)}
     found = bytecode.bytecode_findings(many, dont_write=True, prefix=None)
     assert len(found) == 1
-    assert f"{bytecode.STALE_ENOUGH} of the {bytecode.STALE_ENOUGH} modules" in found[0]["what"]
+    assert f"{bytecode.STALE_ENOUGH} of the {bytecode.STALE_ENOUGH} library modules" in found[0]["what"]
     assert "PYTHONPYCACHEPREFIX" in found[0]["fix"] and "PYTHONDONTWRITEBYTECODE" in found[0]["fix"]
     assert bytecode.bytecode_findings(many, dont_write=False, prefix=None) == []  # it writes them on this launch
     few = dict(list(many.items())[:10])
