@@ -54,9 +54,11 @@ def stale_modules(modules: Mapping[str, ModuleType]) -> tuple[int, int]:
 def bytecode_findings(modules: Mapping[str, ModuleType], dont_write: bool, prefix: str | None) -> list[dict]:
     """A finding (what, fix) where Python compiled many modules from source in this process
     and may not keep what it compiled."""
+    if not dont_write:
+        return []  # a Python that may write bytecode keeps it after the first launch: nothing read
     checked, stale = stale_modules(modules)
-    if stale < STALE_ENOUGH or not dont_write:
-        return []  # a Python that may write bytecode keeps it after the first launch
+    if stale < STALE_ENOUGH:
+        return []
     return [{"what": ("Python may not write bytecode here (PYTHONDONTWRITEBYTECODE is set"
                       f"{f', PYTHONPYCACHEPREFIX={prefix}' if prefix else ''}) "
                       f"and {stale} of the {checked} library modules imported have no valid .pyc: every launch "
@@ -68,8 +70,6 @@ def bytecode_findings(modules: Mapping[str, ModuleType], dont_write: bool, prefi
 
 def recompiling() -> str | None:
     """The line `portaft run` prints where this process compiled the libraries and may not keep
-    them; None at once where Python may write bytecode (nothing read)."""
-    if not sys.dont_write_bytecode:
-        return None
-    found = bytecode_findings(sys.modules, True, sys.pycache_prefix)
+    them, else None."""
+    found = bytecode_findings(sys.modules, sys.dont_write_bytecode, sys.pycache_prefix)
     return f"{found[0]['what']}; to start faster: {found[0]['fix']}" if found else None
