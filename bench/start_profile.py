@@ -7,7 +7,8 @@ The first form runs `portaft ARGS` in this process while a thread reads the main
 stack every --every seconds (a wall-clock profile: time blocked on the disk or the GPU counts,
 unlike cProfile's, and the run is not slowed by tracing every call). At exit it writes the
 seconds each function was on the stack (inclusive) and a timeline of which portaft function
-was running. The second form prints the timeline's stretches. Used for
+was running, and torch.compile's own timings of each phase where it compiled. The second
+form prints the timeline's stretches and those timings. Used for
 bench/results/seed-recipe-2026-12-07-c/.
 """
 
@@ -46,13 +47,23 @@ def profile(out: str, every: float, argv: list[str]) -> None:
     def write() -> None:
         stopped.set()
         with open(out, "w") as file:
-            json.dump({"total_s": time.time() - started, "every_s": every,
+            json.dump({"total_s": time.time() - started, "every_s": every, "compile_times": compile_times(),
                        "inclusive": inclusive.most_common(400), "timeline": timeline}, file)
 
     threading.Thread(target=sample, daemon=True).start()
     atexit.register(write)
     sys.argv = ["portaft", *argv]
     runpy.run_module("portaft", run_name="__main__", alter_sys=True)
+
+
+def compile_times() -> dict:
+    """torch.compile's own timings (dynamo's `dynamo_timed` phases: tracing, AOTAutograd,
+    Inductor, each compile's seconds), where this process compiled anything."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    if utils is None:
+        return {}
+    headers, values = utils.compile_times(repr="csv")
+    return dict(zip(headers, values))
 
 
 def show(path: str, shortest: float) -> None:
@@ -69,6 +80,8 @@ def show(path: str, shortest: float) -> None:
     for start, end, key in stretches:
         if end - start >= shortest:
             print(f"{start:7.2f} - {end:7.2f} s  {end - start:5.2f} s  {key}")
+    for phase, seconds in (record.get("compile_times") or {}).items():
+        print(f"compile: {phase}: {seconds}")
     print(f"total {record['total_s']:.2f} s")
 
 

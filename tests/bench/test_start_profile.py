@@ -21,3 +21,14 @@ def test_a_command_is_profiled_and_its_stretches_printed(tmp_path):
     shown = subprocess.run([sys.executable, str(BENCH / "start_profile.py"), "--show", str(out), "--shortest", "0"],
                            capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0 and shown.stdout.strip().splitlines()[-1].startswith("total ")
+
+
+def test_torch_compile_phases_are_read_where_the_process_compiled():
+    sys.path.insert(0, str(BENCH))
+    import start_profile
+    import torch
+
+    compiled = torch.compile(lambda x: (x * 2).sin(), backend="eager")
+    compiled(torch.ones(4))
+    phases = start_profile.compile_times()
+    assert float(phases["_compile.compile_inner"]) > 0  # dynamo's own timing of the compile just made
