@@ -69,3 +69,31 @@ class LazyCpu:
 
     def __getattr__(self, member):
         return getattr(portaft.get_backend("cpu"), member)
+
+
+class SavedTensorsMeter:
+    """A memory meter for the CPU, where torch counts no allocations: the bytes of the distinct
+    storages autograd saves for the backward pass during the `with` block (what the plan's
+    activation estimate counts), in place of a device's peak above its start (probe.DeviceMeter)."""
+
+    def __init__(self, model) -> None:
+        self.model, self.bytes, self._seen = model, 0, {}
+
+    def __enter__(self):
+        import torch
+
+        held = {t.untyped_storage().data_ptr() for t in [*self.model.parameters(), *self.model.buffers()]}
+
+        def pack(tensor):
+            storage = tensor.untyped_storage()
+            if storage.data_ptr() not in held:  # weights were on the device before the pass
+                self._seen[storage.data_ptr()] = storage.nbytes()
+            return tensor
+
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self._hooks.__exit__(*exc)
+        self.bytes = sum(self._seen.values())

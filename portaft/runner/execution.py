@@ -26,7 +26,7 @@ and the measured peak both go to portaft_run.json, so the model can be checked r
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from portaft.compat import checkpointing as asks_for_checkpointing
@@ -53,6 +53,8 @@ class Execution:
     budget_gib: float | None = None  # memory free for training once the model is loaded
     predicted_peak_gib: float | None = None  # above what was on the device when planned (weights still to come included)
     retries: list[str] = field(default_factory=list)
+    probe: dict | None = None  # the probe step's measure (probe.py), or why none was taken
+    memory: "MemoryModel | None" = field(default=None, repr=False)  # what chose the split; not recorded
 
     @property
     def changed(self) -> bool:
@@ -60,7 +62,33 @@ class Execution:
             self.written["micro_batch"], self.written["accumulation"], self.written["checkpointing"])
 
     def record(self) -> dict:
-        return asdict(self)
+        record = asdict(replace(self, memory=None))
+        del record["memory"]
+        return record
+
+
+@dataclass
+class MemoryModel:
+    """The peak a split is expected to reach on the device: what stays there whatever the split
+    (`fixed`), plus the activations of a micro-batch of its longest samples, times a margin.
+    `scale` is what the probe step measured over what ModelFacts estimates (1 before it ran)."""
+
+    facts: "ModelFacts"
+    fixed: float
+    longest: int
+    fused_loss: bool
+    fused_layers: bool
+    fsdp_own: bool | None  # FSDP's own activation checkpointing, which the plan keeps; None: not FSDP's
+    budget: float
+    scale: float = 1.0
+    margin: float = SAFETY
+
+    def per_token(self, checkpointing: bool) -> float:
+        checkpointing = checkpointing if self.fsdp_own is None else self.fsdp_own
+        return self.scale * self.facts.activation_bytes(checkpointing, self.fused_loss, self.fused_layers)
+
+    def peak(self, micro: int, checkpointing: bool) -> float:
+        return self.fixed + self.margin * micro * self.longest * self.per_token(checkpointing)
 
 
 def written_split(recipe: Any) -> dict:
@@ -99,12 +127,8 @@ def plan_execution(recipe: Any, args: Any, model: Any, lengths: list[int], proce
     # FSDP checkpoints through its own setting (engines/fsdp.py moved the recipe's there): kept as it is, since
     # gradient_checkpointing beside FSDP gathers every layer's weights once more
     fsdp_own = fsdp.own_checkpointing(recipe.train)
-
-    def peak(micro: int, checkpointing: bool) -> float:
-        checkpointing = checkpointing if fsdp_own is None else fsdp_own
-        return fixed + SAFETY * micro * longest * facts.activation_bytes(checkpointing, fused_loss, fused_layers)
-
-    choice = _choose(effective, written["micro_batch"], budget, peak, may_checkpoint=fsdp_own is None)
+    memory = MemoryModel(facts, fixed, longest, fused_loss, fused_layers, fsdp_own, budget)
+    choice = _choose(effective, written["micro_batch"], budget, memory.peak, may_checkpoint=fsdp_own is None)
     engine = f"; {split.engine} over {max(1, processes)} process(es) counted" if split.engine else ""
     if choice is None:  # nothing fits by the estimate: the recipe as written, and the OOM retry after it
         micro, checkpointing = written["micro_batch"], written["checkpointing"]
@@ -117,7 +141,7 @@ def plan_execution(recipe: Any, args: Any, model: Any, lengths: list[int], proce
         why = (f"the largest micro-batch of the {effective} samples a step that fits {budget / GIB:.1f} GiB free "
                f"{how} (longest sample {longest} tokens{engine})")
     return Execution("auto", micro, effective // micro, checkpointing, written, why, round(budget / GIB, 2),
-                     round(peak(micro, checkpointing) / GIB, 2))
+                     round(memory.peak(micro, checkpointing) / GIB, 2), memory=memory)
 
 
 def _choose(effective: int, written_micro: int, budget: float, peak: Any,
@@ -138,11 +162,9 @@ def _choose(effective: int, written_micro: int, budget: float, peak: Any,
 
 
 def apply_execution(execution: Execution, args: Any, recipe: Any, model: Any) -> list[str]:
-    """Set the chosen split on the TrainingArguments and the effective recipe; a note per change."""
+    """Set the chosen split on the TrainingArguments and the effective recipe; the plan's note."""
     if not execution.changed:
-        return [f"plan {execution.mode}: micro-batch {execution.micro_batch} x accumulation "
-                f"{execution.accumulation}, gradient checkpointing {'on' if execution.checkpointing else 'off'}, as "
-                f"written ({execution.why})"]
+        return describe(execution)
     args.per_device_train_batch_size = execution.micro_batch
     args.gradient_accumulation_steps = execution.accumulation
     recipe.train.update(per_device_train_batch_size=execution.micro_batch,
@@ -151,6 +173,15 @@ def apply_execution(execution: Execution, args: Any, recipe: Any, model: Any) ->
     shards.rederive_deepspeed_config(args)
     if execution.checkpointing and hasattr(model, "enable_input_require_grads"):
         model.enable_input_require_grads()  # a frozen embedding's output must carry gradients through checkpoints
+    return describe(execution)
+
+
+def describe(execution: Execution) -> list[str]:
+    """The plan's note: the split, and why."""
+    if not execution.changed:
+        return [f"plan {execution.mode}: micro-batch {execution.micro_batch} x accumulation "
+                f"{execution.accumulation}, gradient checkpointing {'on' if execution.checkpointing else 'off'}, as "
+                f"written ({execution.why})"]
     w = execution.written
     predicted = f"; predicted peak {execution.predicted_peak_gib} GiB" \
         if execution.predicted_peak_gib is not None else ""

@@ -3,7 +3,9 @@
 First how the effective batch is split into micro-batches and whether layers are
 checkpointed (`plan: auto`, execution.py); then the speed-ups of stage "model" that apply
 (the backend's, then plugins'), each with a note, applied or not, which see that split;
-then how batches are made, which some of them decide.
+then how batches are made, which some of them decide; then, on a device whose memory torch
+counts, the probe step measures what a token keeps and may choose the split again (probe.py).
+The plan's note comes last, with the split the run trains.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any, Callable
 from portaft.speed_ups import MODEL, Training, apply_stage
 
 from .batches import Batches, choose_batches
-from .execution import Execution, apply_execution, plan_execution
+from . import probe
+from .execution import Execution, apply_execution, describe, plan_execution
 from .notes import Notes
 
 
@@ -35,9 +38,13 @@ def make_plan(resolved: Any, world: Any, model: Any, tokenizer: Any, built: Any,
              if name in offered and offered[name].applies(training) is None}
     execution = plan_execution(recipe, world.args, model, built.lengths, resolved.processes,
                                fused_loss="fused_loss" in fused, fused_layers=bool(fused - {"fused_loss"}))
-    notes.add(*apply_execution(execution, world.args, recipe, model))
+    apply_execution(execution, world.args, recipe, model)  # set now: the speed-ups see the split
     notes.add(*apply_stage(resolved.speed_ups, MODEL, training))
     batches = choose_batches(resolved, tokenizer, built.lengths, training)
+    if probe.probe_and_replan(execution, model, batches.collator, built.dataset, built.lengths, world.args, recipe,
+                              resolved.processes, probe.meter_for(world.args.device, model)):
+        batches = choose_batches(resolved, tokenizer, built.lengths, training)  # a sampler sized by the micro-batch
+    notes.add(*describe(execution))
     if batches.note:
         notes.add(batches.note)
     return Plan(batches, training.callbacks, training.on_exit, execution)

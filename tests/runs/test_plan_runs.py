@@ -72,6 +72,27 @@ def test_plan_auto_trains_the_losses_of_the_recipe_as_written(recipe_dict, tmp_p
     assert (kept["micro_batch"], kept["accumulation"], kept["checkpointing"]) == (2, 8, True)
 
 
+@needs_step_normalisation
+def test_the_probe_step_measures_and_leaves_the_losses_as_they_were(recipe_dict, tmp_path, monkeypatch):
+    """Bit for bit, with LoRA dropout (the unit test checks the generators and gradients themselves)."""
+    from helpers import SavedTensorsMeter
+    from portaft.runner import probe
+
+    monkeypatch.setattr(execution, "memory_budget", lambda device, processes: 64 * GIB)  # a large device
+    dropout = {**recipe_dict, "lora": {**recipe_dict["lora"], "dropout": 0.1}}
+    unprobed = portaft.run(_seed_recipe(dropout, tmp_path, "unprobed"), backend="cpu", echo=lambda _: None)
+    # the CPU's memory is not counted by torch: a meter of what autograd keeps stands in for the device's
+    monkeypatch.setattr(probe, "meter_for", lambda device, model: SavedTensorsMeter(model))
+    probed = portaft.run(_seed_recipe(dropout, tmp_path, "probed"), backend="cpu", echo=lambda _: None)
+    assert _losses(probed) == _losses(unprobed) and len(_losses(probed)) == 2  # bit for bit
+    record = json.loads((probed.output_dir / "portaft_run.json").read_text())["plan"]
+    assert record["probe"]["measured"] and record["probe"]["kept_mb_per_token"] > 0
+    assert record["probe"]["tokens"] > 16  # the 16 longest samples of the step, flattened in one row
+    assert "probe step's measure" in record["why"] and (record["micro_batch"], record["accumulation"]) == (16, 1)
+    kept = json.loads((unprobed.output_dir / "portaft_run.json").read_text())["plan"]["probe"]
+    assert kept == {"measured": False, "why": "torch does not count the cpu device's memory"}
+
+
 class _Checkpointed(TrainerCallback):
     def __init__(self, seen):
         self.seen = seen
