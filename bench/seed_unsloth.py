@@ -140,7 +140,7 @@ def read_results(record: dict) -> dict:
     return {"train_s": round(runtime, 1), "tokens": record["tokens"],
             "trained_tokens_per_s": round(record["tokens"] / runtime, 1), "peak_gib": record["peak_memory_gib"],
             "losses": losses[:10], "steps": len(losses), "last_loss": losses[-1] if losses else None,
-            "masked_samples": record.get("masked_samples"), "unsloth_backend": record["backend"],
+            "dropped_samples": record["dropped_samples"], "unsloth_backend": record["backend"],
             "versions": record["versions"]}
 
 
@@ -157,6 +157,14 @@ def installed() -> bool:
         importlib.util.find_spec("unsloth") is not None
 
 
+def worker_env(work: Path) -> dict:
+    """The worker's environment: the hub off, Unsloth's statistics off, its compiled trainer
+    written under `work`, and its own packages first on the path."""
+    env = {**os.environ, **OFFLINE, "UNSLOTH_COMPILE_LOCATION": str(work / "unsloth_compiled_cache")}
+    env["PYTHONPATH"] = os.pathsep.join([*own_site(), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def run(work: Path, path: str, model: Path, data: Path, train: dict, lora: dict, max_length: int, cuda: bool) -> dict:
     """One path in a process of its own: wall clock from launch to saved adapter (the whole process)."""
     if path not in PATHS:
@@ -171,8 +179,7 @@ def run(work: Path, path: str, model: Path, data: Path, train: dict, lora: dict,
     settings_file.write_text(json.dumps(chosen, indent=2, ensure_ascii=False))
     record_file = work / f"{path}-{data.stem}-record.json"
     record_file.unlink(missing_ok=True)
-    env = {**os.environ, **OFFLINE, "UNSLOTH_COMPILE_LOCATION": str(work / "unsloth_compiled_cache")}
-    env["PYTHONPATH"] = os.pathsep.join([*own_site(), *filter(None, [env.get("PYTHONPATH")])])
+    env = worker_env(work)
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(settings_file), str(record_file)]
     started = time.time()
     lines, first_step = [], None
@@ -197,13 +204,15 @@ def worker(settings_file: str, record_file: str) -> None:
     here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if p != here]  # bench/models.py etc. must not shadow anything
     chosen = json.loads(Path(settings_file).read_text())
-    import unsloth  # before transformers, trl and peft: it patches them at import
+    # isort: off
+    import unsloth  # first, before transformers, trl and peft: it patches them at import
     from unsloth import FastLanguageModel
     from unsloth.chat_templates import train_on_responses_only
 
     import torch
     from datasets import load_dataset
     from trl import SFTConfig, SFTTrainer
+    # isort: on
 
     loading = {**chosen["from_pretrained"], "dtype": getattr(torch, chosen["from_pretrained"]["dtype"])}
     model, tokenizer = FastLanguageModel.from_pretrained(**loading)
@@ -220,7 +229,8 @@ def worker(settings_file: str, record_file: str) -> None:
                 (("unsloth", unsloth), ("torch", torch), ("trl", sys.modules["trl"]),
                  ("transformers", sys.modules["transformers"]), ("peft", sys.modules["peft"]))}
     record = {"log_history": trainer.state.log_history, "metrics": output.metrics, "tokens": tokens,
-              "samples": len(trainer.train_dataset), "masked_samples": len(dataset) - len(trainer.train_dataset),
+              "samples": len(trainer.train_dataset),  # it drops a sample whose labels are all masked
+              "dropped_samples": len(dataset) - len(trainer.train_dataset),
               "backend": "cpu" if getattr(unsloth, "_IS_CPU_BACKEND", False) else getattr(unsloth, "DEVICE_TYPE", None),
               "versions": versions,
               "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}
