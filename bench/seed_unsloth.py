@@ -20,7 +20,8 @@ patches at import), then `train_on_responses_only` with the deepseek template's 
   template (the model's own: `<bos>{system}\\n\\nUser: {q}\\n\\nAssistant: {a}<eos>User: ...`), and
   `train_on_responses_only(instruction_part="User: ", response_part="Assistant:")` masks all but
   " {a}<eos>" of each turn, as portaft and plain HF do (LLaMA-Factory's template drops the space).
-- Samples over 1024 tokens: SFTTrainer cuts them at 1024 (keep_start); portaft drops a cut turn.
+- Samples over 1024 tokens: SFTTrainer cuts them at 1024 (keep_start) where portaft drops a turn
+  cut inside its question: on the 400 conversations 118,299 tokens against portaft's 118,214.
 
 Each run is a process of its own (`--worker` below, with cwd the work folder: Unsloth writes its
 compiled trainer to unsloth_compiled_cache/ and buffers to _unsloth_temporary_saved_buffers/
@@ -36,18 +37,25 @@ Without a GPU, Unsloth 2026.10.9 imports its CPU backend instead (stock transfor
 none of its kernels): a smoke run of this path's data, masking and settings, not of Unsloth. The
 record's `unsloth_backend` says which ran; `--shape tiny` on the CPU trains fp32.
 
-On the GPU machine (no registry there; carry .whl and .whl-us):
+On the GPU machine (no registry there), with .whl and .whl-us carried; Unsloth's packages go to
+a folder of their own, which only its worker puts first on its path (SEED_UNSLOTH_SITE): its trl
+1.15 and datasets 4.8 must not replace LLaMA-Factory's trl 0.24 or portaft's datasets 5.2:
 
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \\
-        --target /tmp/site .whl/*.whl .whl-us/*.whl && export PYTHONPATH=/tmp/site || exit
-    pip install -q --no-deps --no-build-isolation --target /tmp/site . || exit   # portaft
-    python bench/seed_recipe.py --work /tmp/w --conversations 400 --paths unsloth --out OUT
+    python -m pip install -q --no-deps .whl/*.whl                    # datasets, pydantic, pluggy...
+    python -m pip install -q --no-deps --no-build-isolation --target /tmp/site . && export PYTHONPATH=/tmp/site
+    python -m pip install -q --no-deps --no-index --target /tmp/site-us .whl-us/*.whl
+    export SEED_UNSLOTH_SITE=/tmp/site-us PYTHONUNBUFFERED=1
+    R=$PWD; cd /tmp && python $R/bench/seed_recipe.py --work /tmp/w --conversations 400 --paths unsloth --out $OUT/us
 
-.whl-us holds unsloth 2026.10.9, unsloth_zoo 2026.10.9, trl 1.15.0, torchao 0.18.0,
-cut_cross_entropy 25.1.1 and msgspec 0.23.0 (38 MB); .whl brings datasets, pydantic, pluggy.
-Left out, each optional in Unsloth's code: bitsandbytes (4-bit only; Unsloth prints that it is
-missing), xformers (PyPI's wheel is built for CUDA 12.8, the image's torch for 13.0; Unsloth
-falls back to SDPA), diffusers, tyro, hf_transfer and the Studio's web-UI packages.
+.whl-us (35 MB) holds what `pip install unsloth==2026.10.9` adds to the GPU image for this run:
+unsloth and unsloth_zoo 2026.10.9, trl 1.15.0 (the newest it allows), datasets 4.8.5 (it pins
+< 5), torchao 0.18.0, cut_cross_entropy 25.1.1 (off on torch >= 2.8 in unsloth_zoo) and msgspec
+0.23.0. Its pins admit the image's torch 2.11, transformers 5.17.0 (its ceiling), peft 0.21 and
+accelerate, and its source checks no upper bound at import (read here, not run on a GPU). Left
+out, each optional in Unsloth's code: bitsandbytes (4-bit and 8-bit optimizers only: Unsloth
+prints that 4-bit is unavailable and, run as root, calls `ldconfig` once looking for CUDA),
+xformers (Unsloth uses SDPA without it), diffusers, tyro, hf_transfer, and the packages of its
+Studio web UI and CLI.
 """
 
 from __future__ import annotations
