@@ -144,8 +144,11 @@ def split_of(chosen: dict) -> dict:
 def read_results(record: dict) -> dict:
     """train_s, tokens, tokens/s, peak and the losses from what the worker wrote."""
     losses = [entry["loss"] for entry in record["log_history"] if "loss" in entry]
+    # trl's own count of the tokens it fed the model (attention_mask): where it differs from `tokens`,
+    # something after the dataset cut or padded them
+    fed = [entry["num_tokens"] for entry in record["log_history"] if "num_tokens" in entry]
     runtime = record["metrics"]["train_runtime"]
-    return {"train_s": round(runtime, 1), "tokens": record["tokens"],
+    return {"train_s": round(runtime, 1), "tokens": record["tokens"], "trl_num_tokens": fed[-1] if fed else None,
             "trained_tokens_per_s": round(record["tokens"] / runtime, 1), "peak_gib": record["peak_memory_gib"],
             "losses": losses[:10], "steps": len(losses), "last_loss": losses[-1] if losses else None,
             "dropped_samples": record["dropped_samples"], "unsloth_backend": record["backend"],

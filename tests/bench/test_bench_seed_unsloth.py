@@ -94,12 +94,13 @@ def test_the_named_layers_are_the_ones_peft_all_linear_picks(tiny_model):
 
 
 def test_results_are_read_from_the_worker_record_and_tokens_per_second_counts_every_token():
-    history = [{"loss": 13.4232, "grad_norm": 10.41, "step": 1}, {"loss": 13.0712, "step": 2},
+    history = [{"loss": 13.4232, "grad_norm": 10.41, "num_tokens": 882.0, "step": 1},
+               {"loss": 13.0712, "num_tokens": 1239.0, "step": 2},
                {"train_runtime": 0.7009, "train_loss": 13.25, "step": 2}]
     record = {"log_history": history, "metrics": {"train_runtime": 0.7009}, "tokens": 1239, "samples": 24,
               "dropped_samples": 0, "backend": "cuda", "versions": {"unsloth": "2026.10.9"}, "peak_memory_gib": 31.5}
     assert seed_unsloth.read_results(record) == {
-        "train_s": 0.7, "tokens": 1239, "trained_tokens_per_s": round(1239 / 0.7009, 1), "peak_gib": 31.5,
+        "train_s": 0.7, "tokens": 1239, "trl_num_tokens": 1239.0, "trained_tokens_per_s": round(1239 / 0.7009, 1), "peak_gib": 31.5,
         "losses": [13.4232, 13.0712], "steps": 2, "last_loss": 13.0712, "dropped_samples": 0,
         "unsloth_backend": "cuda", "versions": {"unsloth": "2026.10.9"}}
 
@@ -139,5 +140,6 @@ def test_where_unsloth_is_installed_its_path_trains_portafts_tokens_to_the_same_
     paths = json.loads((tmp_path / "o" / "seed-recipe.json").read_text())["runs"]["24"]["paths"]
     unsloth, portaft = paths["unsloth"], paths["as_written"]
     assert unsloth["unsloth_backend"] == ("cuda" if unsloth["peak_gib"] is not None else "cpu")
-    assert unsloth["tokens"] == portaft["tokens"] and unsloth["steps"] == portaft["steps"] == 2
+    assert unsloth["tokens"] == unsloth["trl_num_tokens"] == portaft["tokens"]
+    assert unsloth["steps"] == portaft["steps"] == 2
     assert unsloth["losses"] == pytest.approx(portaft["losses"], rel=1e-6)
