@@ -20,7 +20,9 @@ so the paths' losses compare). Paths:
   on the same token ids (portaft's data step);
 - llamafactory-defaults, llamafactory-best: LLaMA-Factory 0.9.5 on the same conversations
   (bench/seed_llamafactory.py: its defaults with the seed's settings; micro-batch 16, Liger
-  kernel, no checkpointing).
+  kernel, no checkpointing);
+- unsloth: Unsloth 2026.10.9 on the same conversations at its recommended runtime settings
+  (bench/seed_unsloth.py: bf16 LoRA, its checkpointing, trl's SFTTrainer, replies only).
 
 Measured: wall clock from launch to saved adapter (the process's whole life), the Trainer's
 train_runtime, useful (non-pad) tokens trained per second of train_runtime (compile
@@ -202,8 +204,13 @@ def table(record: dict) -> str:
         if "error" in path:
             rows.append(f"| {name} | failed: {path['error'][-200:]!r} |  |  |  |  |  |  |  |  |")
             continue
+        if "skipped" in path:
+            rows.append(f"| {name} | not run: {path['skipped']} |  |  |  |  |  |  |  |  |")
+            continue
         plan = path.get("plan") or path.get("split") or {}
-        split = (f"{plan['micro_batch']} x {plan['accumulation']}{', ckpt' if plan['checkpointing'] else ''}"
+        ckpt = plan.get("checkpointing")  # True, False, or how (Unsloth's "unsloth": offloaded to the host)
+        checkpointing = "" if not ckpt else ", ckpt" if ckpt is True else f", ckpt ({ckpt})"
+        split = (f"{plan['micro_batch']} x {plan['accumulation']}{checkpointing}"
                  f"{', Liger' if plan.get('liger_kernel') else ''}"
                  if plan else "2 x 8, ckpt")
         rows.append(f"| {name} | {path['wall_s']} | {path.get('launch_to_first_step_s')} | {path['train_s']} | "
@@ -225,6 +232,7 @@ def main() -> None:
     if args.hf_worker:
         return hf_worker(*args.hf_worker)
     import seed_llamafactory
+    import seed_unsloth
     import torch
     import yaml
 
@@ -243,6 +251,8 @@ def main() -> None:
                 paths[name] = run_hf(work, model, data)
             elif name in seed_llamafactory.PATHS:
                 paths[name] = seed_llamafactory.run(work, name, model, data, SEED_TRAIN, LORA, MAX_LENGTH, cuda)
+            elif name in seed_unsloth.PATHS:
+                paths[name] = seed_unsloth.run(work, name, model, data, SEED_TRAIN, LORA, MAX_LENGTH, cuda)
             elif name in variants:
                 paths[name] = run_portaft(work, f"{name}-{count}", recipe_file, variants[name].split(","))
             else:
