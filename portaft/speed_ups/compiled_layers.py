@@ -112,5 +112,10 @@ def compile_layers(model: Any, backend: Any = "inductor") -> str:
 
     for layer, eager in eager_forwards:
         layer.forward = compiled_or_eager(eager)
-    return (f"each of the {len(eager_forwards)} decoder layers compiled (torch.compile, on the first steps; if the "
-            "compile fails they run uncompiled, with a warning)")
+    if hasattr(model, "enable_input_require_grads"):
+        # the first layer's input, the frozen embedding's output, would need no gradient where every other
+        # layer's does: dynamo guards on that, so the first layer compiled a graph of its own, a second compile
+        # of the whole layer. Its input carrying a gradient costs one [tokens, hidden] gradient a step
+        model.enable_input_require_grads()
+    return (f"each of the {len(eager_forwards)} decoder layers compiled (torch.compile, on the first steps, one graph "
+            "for all; if the compile fails they run uncompiled, with a warning)")

@@ -23,7 +23,7 @@ def _adapted_tiny_model(tiny_model, dropout=0.0):
 
 def _loss_and_grads(model, ids):
     model.zero_grad()
-    loss = model(input_ids=ids, labels=ids).loss
+    loss = model(input_ids=ids, labels=ids, use_cache=False).loss  # as portaft's batches say (no KV cache)
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -45,13 +45,16 @@ def test_compiled_layers_give_the_eager_loss_and_gradients(tiny_model):
     torch._dynamo.reset()
     eager, compiled = _adapted_tiny_model(tiny_model), _adapted_tiny_model(tiny_model)
     layers = len(compiled.get_base_model().model.layers)
+    counters.clear()
     assert compile_layers(compiled.get_base_model()) == (
-        f"each of the {layers} decoder layers compiled (torch.compile, on the first steps; if the compile fails "
-        "they run uncompiled, with a warning)")
+        f"each of the {layers} decoder layers compiled (torch.compile, on the first steps, one graph for all; if the "
+        "compile fails they run uncompiled, with a warning)")
     for length in (12, 17):
         ids = torch.randint(3, 100, (2, length))
         _assert_same_loss_and_grads(_loss_and_grads(compiled, ids), _loss_and_grads(eager, ids))
-    assert counters["stats"]["unique_graphs"] >= 1  # really compiled, not the eager forward twice
+    # really compiled, and once: the first layer (whose input is the frozen embedding's output) shares the
+    # others' graph, where it used to compile one of its own; other lengths compile nothing more (dynamic)
+    assert counters["stats"]["unique_graphs"] == 1
 
 
 def test_compiled_layers_draw_eager_dropout_masks(tiny_model):

@@ -49,7 +49,8 @@ def test_without_a_gpu_or_liger_each_cuda_speed_up_says_why_it_is_not_used(loade
         "speed-up cudnn_attention: not used (it serves varlen_attention, which this run does not use)",
         "speed-up attention_without_masks: not used (it serves varlen_attention, which this run does not use)",
         f"speed-up compiled_layers: each of the {layers} decoder layers compiled (torch.compile, on the first "
-        "steps; if the compile fails they run uncompiled, with a warning); no compile cache yet: this run's is "
+        "steps, one graph for all; if the compile fails they run uncompiled, with a warning); no compile cache yet: "
+        "this run's is "
         f"kept in {_compile_cache.cache_file(_compile_cache.device_name())}",
         "speed-up fused_loss: not used (liger-kernel is not installed (pip install 'liger-kernel>=0.8' "
         "(or portaft[cuda])))",
