@@ -92,9 +92,14 @@ def compile_layers(model: Any, backend: Any = "inductor") -> str:
             # compiled now too, not lazily in loss.backward() where no fallback could catch its
             # failure; and under DDP each layer stays one graph, where dynamo's DDPOptimizer
             # would split it at DDP's bucket boundaries (made for a model compiled whole; two
-            # graphs a layer for Qwen2.5-0.5B, more launches and less fusion)
-            saved = functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp
-            functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp = True, False
+            # graphs a layer for Qwen2.5-0.5B, more launches and less fusion); and Python floats (LoRA's scale,
+            # the norms' epsilon: the same in every layer) are constants, where dynamic=True traced them as
+            # symbols, found they could not become tensors and traced the whole layer again ("Restarting
+            # analysis due to _tensorify_python_scalars": a second dynamo and AOTAutograd trace of each compile)
+            saved = (functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp,
+                     dynamo_config.specialize_float)
+            (functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp,
+             dynamo_config.specialize_float) = True, False, True
             try:
                 return compiled(*args, **kwargs)
             except torch._dynamo.exc.TorchDynamoException as exc:
@@ -106,7 +111,8 @@ def compile_layers(model: Any, backend: Any = "inductor") -> str:
                       file=sys.stderr, flush=True)
                 return eager(*args, **kwargs)
             finally:
-                functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp = saved
+                (functorch_config.force_non_lazy_backward_lowering, dynamo_config.optimize_ddp,
+                 dynamo_config.specialize_float) = saved
 
         return forward
 
