@@ -58,12 +58,12 @@ def profile(out: str, every: float, argv: list[str]) -> None:
 
 def compile_times() -> dict:
     """torch.compile's own timings (dynamo's `dynamo_timed` phases: tracing, AOTAutograd,
-    Inductor, each compile's seconds), where this process compiled anything."""
+    Inductor), the seconds of each time a phase ran, where this process compiled anything."""
     utils = sys.modules.get("torch._dynamo.utils")
     if utils is None:
         return {}
-    headers, values = utils.compile_times(repr="csv")
-    return dict(zip(headers, values))
+    headers, values = utils.compile_times(repr="csv")  # each value: "s1, s2, ...", one per compile
+    return {phase: [float(seconds) for seconds in value.split(",")] for phase, value in zip(headers, values)}
 
 
 def show(path: str, shortest: float) -> None:
@@ -81,7 +81,7 @@ def show(path: str, shortest: float) -> None:
         if end - start >= shortest:
             print(f"{start:7.2f} - {end:7.2f} s  {end - start:5.2f} s  {key}")
     for phase, seconds in (record.get("compile_times") or {}).items():
-        print(f"compile: {phase}: {seconds}")
+        print(f"compile: {phase}: {sum(seconds):.2f} s ({', '.join(f'{s:.2f}' for s in seconds)})")
     print(f"total {record['total_s']:.2f} s")
 
 

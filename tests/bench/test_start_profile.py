@@ -31,4 +31,5 @@ def test_torch_compile_phases_are_read_where_the_process_compiled():
     compiled = torch.compile(lambda x: (x * 2).sin(), backend="eager")
     compiled(torch.ones(4))
     phases = start_profile.compile_times()
-    assert float(phases["_compile.compile_inner"]) > 0  # dynamo's own timing of the compile just made
+    # dynamo's own timing of each compile, the one just made last (the suite may have compiled before)
+    assert phases["_compile.compile_inner"][-1] > 0
