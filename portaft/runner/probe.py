@@ -14,7 +14,8 @@ micro-batch at least the recipe's fits without it.
 Nothing else of the run changes: the random number generators are put back (so dropout in the
 probe draws nothing training would), its gradients are dropped, the model's train/eval mode
 is restored, and compiled layers run eagerly in it (they compile in the first step, as before).
-Out of memory in the probe keeps the estimate's split. Not taken under FSDP or DeepSpeed (the
+Out of memory in the probe, or any other failure of it, keeps the estimate's split, and the
+record says why. Not taken under FSDP or DeepSpeed (the
 model is not sharded yet), where the weights are not on the device yet, nor on a device whose
 memory torch does not count (its module has no `max_memory_allocated`).
 """
@@ -90,18 +91,19 @@ def probe_and_replan(execution: Execution, model: Any, collator: Any, dataset: A
     batch = collator([dataset[index] for index in longest])
     tokens = int(batch["input_ids"].numel())
     started = time.perf_counter()
-    kept = None
+    kept, failed = None, ""
     try:
         kept = activation_bytes(model, batch, args, meter)
-    except Exception as exc:  # noqa: BLE001 (only running out of memory is the probe's to answer)
-        if "out of memory" not in str(exc).lower() and "OutOfMemory" not in type(exc).__name__:
-            raise
-    if kept is None:  # out of memory: what the failed pass held is free once its exception is gone
+    except Exception as exc:  # noqa: BLE001 (a probe that fails leaves the estimate's split, said in the record)
+        failed = f"out of memory at {tokens} tokens without checkpointing" if _out_of_memory(exc) else (
+            f"it failed ({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}); the estimate's "
+            "split is kept")
+    if kept is None:  # what the failed pass held is free once its exception is gone
         _release(args.device)
-    # every process reaches this, so that each plans with the largest measure (inf: one ran out of memory)
+    # every process reaches this, so that each plans with the largest measure (inf: one could not measure)
     per_token = _most_of_all_processes(math.inf if kept is None else kept / tokens, args.device, processes)
     if per_token == math.inf:
-        execution.probe = {"measured": False, "why": f"out of memory at {tokens} tokens without checkpointing"}
+        execution.probe = {"measured": False, "why": failed or "another process could not measure"}
         return False
     memory = execution.memory
     estimated = memory.per_token(False)
@@ -177,6 +179,10 @@ def _choose_again(execution: Execution, args: Any, recipe: Any, model: Any) -> b
             except AttributeError:  # no hook was set
                 pass
     return changed
+
+
+def _out_of_memory(exc: Exception) -> bool:
+    return "out of memory" in str(exc).lower() or "OutOfMemory" in type(exc).__name__
 
 
 def _most_of_all_processes(value: float, device: Any, processes: int) -> float:

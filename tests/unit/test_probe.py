@@ -133,3 +133,22 @@ def test_out_of_memory_in_the_probe_keeps_the_estimates_split(monkeypatch):
                                       [4] * 16, args, _recipe(), 1, SavedTensorsMeter(model))
     assert plan.probe == {"measured": False, "why": "out of memory at 32 tokens without checkpointing"}
     assert (plan.micro_batch, plan.accumulation, memory.scale) == (8, 2, 1.0)
+
+
+class _Broken(_OutOfMemory):
+    def forward(self, **batch):
+        raise RuntimeError("an attention kernel this device lacks\nand a second line")
+
+
+def test_a_probe_that_fails_otherwise_keeps_the_estimates_split_and_says_why(monkeypatch):
+    monkeypatch.setattr(probe, "why_not", lambda *args: None)
+    memory = MemoryModel(SEVEN_B, fixed=0, longest=4, fused_loss=True, fused_layers=True, fsdp_own=None,
+                         budget=62 * GIB)
+    plan = Execution("auto", 8, 2, False, dict(WRITTEN), "estimate", memory=memory)
+    args = types.SimpleNamespace(device=torch.device("cpu"), bf16=False, fp16=False)
+    model = _Broken()
+    assert not probe.probe_and_replan(plan, model, lambda rows: {"input_ids": torch.ones(len(rows), 4)}, [{}] * 16,
+                                      [4] * 16, args, _recipe(), 1, SavedTensorsMeter(model))
+    assert plan.probe == {"measured": False, "why": "it failed (RuntimeError: an attention kernel this device lacks); "
+                                                    "the estimate's split is kept"}
+    assert (plan.micro_batch, plan.accumulation) == (8, 2)
