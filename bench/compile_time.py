@@ -51,8 +51,9 @@ def worker(model: str, rank: int, device: str) -> dict:
             torch.cuda.synchronize()
         seconds.append(round(time.perf_counter() - started, 2))
     counters = torch._dynamo.utils.counters
-    return {"portaft": str(Path(portaft.__file__).parent.parent), "compile_s": seconds[0], "second_length_s": seconds[1],
-            "graphs": counters["stats"]["unique_graphs"], "aot_traces": counters["aot_autograd"]["total"]}
+    return {"portaft": str(Path(portaft.__file__).parent.parent), "compile_s": seconds[0],
+            "second_length_s": seconds[1], "graphs": counters["stats"]["unique_graphs"],
+            "aot_traces": counters["aot_autograd"]["total"]}
 
 
 def one_round(tree: str | None, args: argparse.Namespace) -> dict:
