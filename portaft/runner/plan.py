@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from portaft.speed_ups import MODEL, Training, apply_stage
 
-from .batches import Batches, choose_batches
 from . import probe
+from .batches import Batches, choose_batches
 from .execution import Execution, apply_execution, describe, plan_execution
 from .notes import Notes
 

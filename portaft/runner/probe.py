@@ -15,9 +15,9 @@ Nothing else of the run changes: the random number generators are put back (so d
 probe draws nothing training would), its gradients are dropped, the model's train/eval mode
 is restored, and compiled layers run eagerly in it (they compile in the first step, as before).
 Out of memory in the probe, or any other failure of it, keeps the estimate's split, and the
-record says why. Not taken under FSDP or DeepSpeed (the
-model is not sharded yet), where the weights are not on the device yet, nor on a device whose
-memory torch does not count (its module has no `max_memory_allocated`).
+record says why. Not taken under FSDP or DeepSpeed (the model is not sharded yet), where the
+weights are not on the device yet, nor on a device whose memory torch does not count (its
+module has no `max_memory_allocated`). Checked on the CPU (tests); not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -36,11 +36,10 @@ PROBED_MARGIN = 1.1  # on measured activations: allocator rounding, batches a li
 
 class DeviceMeter:
     """The device's peak of allocated memory during the `with` block, above what was allocated when
-    it began (torch.cuda / torch.npu: memory_allocated, reset_peak_memory_stats, max_memory_allocated),
-    less the trainable weights' gradients, which the memory model counts apart."""
+    it began (torch.cuda / torch.npu: memory_allocated, reset_peak_memory_stats, max_memory_allocated)."""
 
-    def __init__(self, module: Any, device: Any, gradients: int) -> None:
-        self.module, self.device, self.gradients, self.bytes = module, device, gradients, 0
+    def __init__(self, module: Any, device: Any) -> None:
+        self.module, self.device, self.bytes = module, device, 0
 
     def __enter__(self) -> "DeviceMeter":
         self.module.synchronize(self.device)
@@ -50,19 +49,19 @@ class DeviceMeter:
 
     def __exit__(self, *exc: Any) -> None:
         self.module.synchronize(self.device)
-        self.bytes = max(0, self.module.max_memory_allocated(self.device) - self.before - self.gradients)
+        self.bytes = max(0, self.module.max_memory_allocated(self.device) - self.before)
 
 
 def meter_for(device: Any, model: Any) -> Any:
-    """A DeviceMeter where torch counts the device's memory, else None (no probe)."""
+    """A meter of what a pass of `model` holds on `device`: a DeviceMeter where torch counts the
+    device's memory, else None (no probe)."""
     import torch
 
     module = getattr(torch, device.type, None)
     needs = ("memory_allocated", "reset_peak_memory_stats", "max_memory_allocated", "synchronize")
     if device.type == "cpu" or module is None or not all(hasattr(module, name) for name in needs):
         return None
-    gradients = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    return DeviceMeter(module, device, gradients)
+    return DeviceMeter(module, device)
 
 
 def why_not(execution: Execution, model: Any, args: Any, recipe: Any, processes: int, meter: Any) -> str | None:
@@ -121,6 +120,10 @@ def activation_bytes(model: Any, batch: dict, args: Any, meter: Any) -> int:
     device = args.device
     trainable = [p for p in model.parameters() if p.requires_grad]
     grads = [p.grad for p in trainable]
+    # the gradients exist before the meter starts (the memory model counts them apart, and a peak
+    # reached before the backward pass made them would otherwise hide them); the pass adds into them
+    for parameter in trainable:
+        parameter.grad = torch.zeros_like(parameter)
     batch = {key: value.to(device) if hasattr(value, "to") else value for key, value in batch.items()}
     training = model.training
     if device.type == "cpu":  # the CPU's generator is always forked
