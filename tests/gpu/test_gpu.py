@@ -248,3 +248,20 @@ def test_larger_loss_chunks_give_the_same_losses_through_compiled_layers(monkeyp
         runs[larger], notes = _adapter_training(config, batches)
         assert any(note.endswith("in chunks of up to 16x the hidden states' size") for note in notes) == larger
     assert runs[True] == pytest.approx(runs[False], rel=1e-3)
+
+
+def test_the_probe_step_measures_on_cuda_and_leaves_the_loss_of_the_estimates_split(recipe_dict, tmp_path):
+    """plan auto's probe (runner/probe.py) on a real device: it measures, it records, and the run it
+    chose again trains the losses of the recipe as written (within bf16 rounding)."""
+    recipe_dict["train"].update(per_device_train_batch_size=2, gradient_accumulation_steps=4, max_steps=4,
+                                gradient_checkpointing=True, output_dir=str(tmp_path / "auto"))
+    auto = portaft.run(recipe_dict, backend="cuda", echo=print)
+    written = portaft.run({**recipe_dict, "plan": "as_written",
+                           "train": {**recipe_dict["train"], "output_dir": str(tmp_path / "written")}},
+                          backend="cuda", echo=print)
+    plan = json.loads((auto.output_dir / "portaft_run.json").read_text(encoding="utf-8"))["plan"]
+    assert plan["probe"]["measured"], plan["probe"]
+    assert plan["probe"]["kept_mb_per_token"] > 0 and plan["probe"]["tokens"] > 0
+    assert (plan["micro_batch"], plan["checkpointing"]) == (8, False)  # a tiny model: the whole step fits
+    losses = [[e["loss"] for e in run.log_history if "loss" in e] for run in (auto, written)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-2)
