@@ -3,8 +3,9 @@ against another, each round in a fresh process with an empty Inductor cache.
 
     python bench/compile_time.py --rounds 2 --against /path/to/other/checkout --out bench/results/NAME
 
-A model (--model: a folder; by default the tiny example) with a LoRA adapter on all linear
-layers (r 8, or --rank) gets portaft's `compile_layers`; one forward and backward pass at one
+A model (--model: a folder; by default portaft.testing's tiny model, built in a temporary
+folder, as the example's) with a LoRA adapter on all linear layers (r 8, or --rank) gets
+portaft's `compile_layers`; one forward and backward pass at one
 length (the compile, timed) and one at another (dynamic shapes: nothing should compile). Kept
 per round: both passes' seconds, how many graphs dynamo compiled, and how many times
 AOTAutograd traced one (a restarted analysis traces again). --device cuda runs in bf16.
@@ -20,8 +21,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-TINY = HERE.parent / "examples" / "models" / "tiny-deepseek"
 
 
 def worker(model: str, rank: int, device: str) -> dict:
@@ -70,7 +69,7 @@ def one_round(tree: str | None, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(TINY))
+    parser.add_argument("--model", help="a model folder (default: portaft.testing's tiny model, built here)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rounds", type=int, default=2)
@@ -82,6 +81,10 @@ def main() -> None:
         model, rank, device = args.worker
         print(json.dumps(worker(model, int(rank), device)))
         return
+    if args.model is None:
+        from portaft.testing import build_tiny_model
+
+        args.model = str(build_tiny_model(Path(tempfile.mkdtemp(prefix="compile-time-")) / "tiny"))
     trees = {"this": None, **({"against": args.against} if args.against else {})}
     rounds = {name: [] for name in trees}
     for _ in range(args.rounds):
