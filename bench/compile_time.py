@@ -31,11 +31,12 @@ def worker(model: str, rank: int, device: str) -> dict:
     from transformers import AutoModelForCausalLM
 
     import portaft
+    from portaft.compat import model_dtype_kwargs
     from portaft.speed_ups.compiled_layers import compile_layers
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device)
+    base = AutoModelForCausalLM.from_pretrained(model, **model_dtype_kwargs(dtype)).to(device)
     adapted = get_peft_model(base, LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear"))
     compile_layers(adapted.get_base_model())
     adapted.train()

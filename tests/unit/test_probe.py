@@ -73,8 +73,10 @@ def tiny_lora_model(tiny_model):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from portaft.compat import model_dtype_kwargs
+
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, **model_dtype_kwargs(torch.float32))
     return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules="all-linear"))
 
 
