@@ -25,17 +25,15 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from seed_worker import run_timed  # bench/seed_worker.py
 
 PATHS = ("llamafactory-defaults", "llamafactory-best", "llamafactory-best-8x2")
 BEST = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "disable_gradient_checkpointing": True}
 LIGER_APPLIED = "Liger kernel has been applied to the model."
-FIRST_LOSS = re.compile(r"['\"]loss['\"]\s*:")
 
 
 def sharegpt_rows(xtuner_rows: list[dict]) -> list[dict]:
@@ -134,25 +132,18 @@ def run(work: Path, path: str, model: Path, data: Path, train: dict, lora: dict,
     env = {**os.environ, "DISABLE_VERSION_CHECK": "1"}
     env["PYTHONPATH"] = os.pathsep.join([*stand_in_torchaudio(work), *filter(None, [env.get("PYTHONPATH")])])
     command = [sys.executable, __file__, "--worker", str(config_file), str(peak_file)]
-    started = time.time()
-    lines, first_step = [], None
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) as child:
-        for line in child.stdout:
-            lines.append(line)
-            if first_step is None and FIRST_LOSS.search(line):  # logging_steps 1: step 1's loss line
-                first_step = round(time.time() - started, 1)
-    wall = time.time() - started
-    output = "".join(lines)
+    finished = run_timed(command, env)
+    output = finished.output
     (work / f"{path}-{dataset}.log").write_text(output)
     split = split_of(settings)
     # it skips the kernel with only a warning for a model type it does not know: say whether it ran
     split["liger_kernel"] = split["liger_kernel"] and LIGER_APPLIED in output
     base = {"command": f"DISABLE_VERSION_CHECK=1 llamafactory-cli train {config_file.name}", "config": settings,
-            "split": split, "wall_s": round(wall, 1)}
-    if child.returncode != 0 or not (output_dir / "adapter_config.json").is_file():
+            "split": split, "wall_s": round(finished.wall_s, 1)}
+    if finished.returncode != 0 or not (output_dir / "adapter_config.json").is_file():
         return {**base, "error": output[-3000:]}
     peak = json.loads(peak_file.read_text())["peak_memory_gib"]
-    return {**base, **read_results(output_dir), "peak_gib": peak, "launch_to_first_step_s": first_step}
+    return {**base, **read_results(output_dir), "peak_gib": peak, "launch_to_first_step_s": finished.first_step_s}
 
 
 def worker(config_file: str, peak_file: str) -> None:

@@ -62,12 +62,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from seed_worker import run_timed  # bench/seed_worker.py
 
 PATHS = ("unsloth",)
 VERSION = "2026.10.9"
@@ -75,7 +74,6 @@ INSTRUCTION_PART, RESPONSE_PART = "User: ", "Assistant:"  # the deepseek templat
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "UNSLOTH_DISABLE_STATISTICS": "1"}
-FIRST_LOSS = re.compile(r"['\"]loss['\"]\s*:")
 SITE = "SEED_UNSLOTH_SITE"  # a folder of Unsloth's own packages, first on the worker's path only
 NO_UNSLOTH = ("unsloth is not installed: neither in this Python nor in $SEED_UNSLOTH_SITE "
               "(bench/seed_unsloth.py says how to install its carried wheels)")
@@ -192,22 +190,15 @@ def run(work: Path, path: str, model: Path, data: Path, train: dict, lora: dict,
     record_file.unlink(missing_ok=True)
     env = worker_env(work)
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(settings_file), str(record_file)]
-    started = time.time()
-    lines, first_step = [], None
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                          cwd=work) as child:
-        for line in child.stdout:
-            lines.append(line)
-            if first_step is None and FIRST_LOSS.search(line):  # logging_steps 1: step 1's loss line
-                first_step = round(time.time() - started, 1)
-    wall = time.time() - started
-    output = "".join(lines)
+    finished = run_timed(command, env, cwd=str(work))
+    output = finished.output
     (work / f"{path}-{data.stem}.log").write_text(output)
     base = {"command": f"python bench/seed_unsloth.py --worker {settings_file.name} (Unsloth {VERSION})",
-            "config": chosen, "split": split_of(chosen), "wall_s": round(wall, 1)}
-    if child.returncode != 0 or not record_file.is_file() or not (output_dir / "adapter_config.json").is_file():
+            "config": chosen, "split": split_of(chosen), "wall_s": round(finished.wall_s, 1)}
+    if finished.returncode != 0 or not record_file.is_file() or not (output_dir / "adapter_config.json").is_file():
         return {**base, "error": output[-3000:]}
-    return {**base, **read_results(json.loads(record_file.read_text())), "launch_to_first_step_s": first_step}
+    return {**base, **read_results(json.loads(record_file.read_text())),
+            "launch_to_first_step_s": finished.first_step_s}
 
 
 def worker(settings_file: str, record_file: str) -> None:

@@ -89,7 +89,8 @@ def test_the_named_layers_are_the_ones_peft_all_linear_picks(tiny_model):
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
                            LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
-    picked = {name.split(".lora_A.")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if ".lora_A." in name}
+    picked = {name.split(".lora_A.")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters()
+              if ".lora_A." in name}
     assert picked == set(seed_unsloth.ALL_LINEAR)
 
 
@@ -100,7 +101,8 @@ def test_results_are_read_from_the_worker_record_and_tokens_per_second_counts_ev
     record = {"log_history": history, "metrics": {"train_runtime": 0.7009}, "tokens": 1239, "samples": 24,
               "dropped_samples": 0, "backend": "cuda", "versions": {"unsloth": "2026.10.9"}, "peak_memory_gib": 31.5}
     assert seed_unsloth.read_results(record) == {
-        "train_s": 0.7, "tokens": 1239, "trl_num_tokens": 1239.0, "trained_tokens_per_s": round(1239 / 0.7009, 1), "peak_gib": 31.5,
+        "train_s": 0.7, "tokens": 1239, "trl_num_tokens": 1239.0, "trained_tokens_per_s": round(1239 / 0.7009, 1),
+        "peak_gib": 31.5,
         "losses": [13.4232, 13.0712], "steps": 2, "last_loss": 13.0712, "dropped_samples": 0,
         "unsloth_backend": "cuda", "versions": {"unsloth": "2026.10.9"}}
 
