@@ -25,3 +25,8 @@ class RecipeError(UserError):
 
 class BackendUnavailable(UserError):
     """A backend was asked for by name but cannot run here."""
+
+
+def first_line(exc: BaseException, limit: int | None = 200) -> str:
+    """An exception's message, its first line only (what a note or a message quotes), cut at `limit`."""
+    return (str(exc).strip().splitlines() or [""])[0][:limit]

@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import pluggy
 
-from portaft.errors import BackendUnavailable, UserError
+from portaft.errors import BackendUnavailable, UserError, first_line
 from portaft.protocols import BACKEND_MEMBERS
 from portaft.recipe import Names, Recipe, RecipeSource, read_recipe
 
@@ -127,7 +127,7 @@ class Plugins:
             except AttributeError:
                 missing.append(member)
             except Exception as exc:  # noqa: BLE001 (RecursionError included: a __getattr__ that loops)
-                return _name_of(backend), f"reading its `{member}` raised {type(exc).__name__}: {_first_line(exc)}"
+                return _name_of(backend), f"reading its `{member}` raised {type(exc).__name__}: {first_line(exc)}"
         name = _name_of(backend)
         if missing:
             return name, f"it lacks {', '.join(missing)}."
@@ -154,7 +154,7 @@ class Plugins:
                 return None
             return backend.unavailable_reason() or "it says it is not available, without a reason"
         except Exception as exc:  # noqa: BLE001 (a plugin's broken check must not stop the other backends)
-            return f"its availability check raised {type(exc).__name__}: {_first_line(exc)}"
+            return f"its availability check raised {type(exc).__name__}: {first_line(exc)}"
 
     def select_backend(self, name: str, device: str = "auto") -> Any:
         """`auto` = the available backend with the highest priority; a name must be available.
@@ -274,8 +274,6 @@ def _name_of(backend: Any) -> str:
         return f"<a {type(backend).__name__}>"
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:200]
 
 
 # --- the process-wide set: what commands and `portaft.run` use -------------------------------

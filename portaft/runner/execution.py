@@ -238,12 +238,32 @@ def memory_budget(device: Any, processes: int) -> float | None:
         if hasattr(module, "set_per_process_memory_fraction"):
             module.set_per_process_memory_fraction(min(1.0, cap / total), device)
         free = min(free, cap - module.memory_allocated(device))
-    budget = free - HEADROOM_GIB * GIB
-    if processes > 1 and torch.distributed.is_initialized():
-        shared = torch.tensor([budget], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MIN)
-        budget = float(shared.item())
-    return budget
+    return across_processes(free - HEADROOM_GIB * GIB, device, processes, "MIN")
+
+
+def across_processes(value: float, device: Any, processes: int, op: str) -> float:
+    """`value` reduced over every process (op: "MIN" or "MAX" of torch.distributed.ReduceOp): each
+    process must split its batches alike, so each plans from the same figure."""
+    import torch
+
+    if processes <= 1 or not torch.distributed.is_initialized():
+        return value
+    shared = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(shared, op=getattr(torch.distributed.ReduceOp, op))
+    return float(shared.item())
+
+
+def free_device_memory(device: Any) -> None:
+    """What failed work left collectable given back, and the device's cached blocks with it
+    (torch.cuda, torch.npu...: the module named by the device's type)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    module = getattr(torch, device.type, None)
+    if module is not None and hasattr(module, "empty_cache"):
+        module.empty_cache()
 
 
 @dataclass

@@ -28,8 +28,9 @@ from contextlib import nullcontext
 from typing import Any
 
 from portaft.engines import shards
+from portaft.errors import first_line
 
-from .execution import GIB, Execution, apply_execution
+from .execution import GIB, Execution, across_processes, apply_execution, bytes_off, free_device_memory
 
 PROBED_MARGIN = 1.1  # on measured activations: allocator rounding, batches a little unlike the probe's
 
@@ -65,8 +66,6 @@ def meter_for(device: Any, model: Any) -> Any:
 
 
 def why_not(execution: Execution, model: Any, args: Any, recipe: Any, processes: int, meter: Any) -> str | None:
-    from .execution import bytes_off
-
     if execution.mode != "auto" or execution.memory is None:
         return "the split was not planned from memory"
     if meter is None:
@@ -95,12 +94,11 @@ def probe_and_replan(execution: Execution, model: Any, collator: Any, dataset: A
         kept = activation_bytes(model, batch, args, meter)
     except Exception as exc:  # noqa: BLE001 (a probe that fails leaves the estimate's split, said in the record)
         failed = f"out of memory at {tokens} tokens without checkpointing" if _out_of_memory(exc) else (
-            f"it failed ({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}); the estimate's "
-            "split is kept")
+            f"it failed ({type(exc).__name__}: {first_line(exc)}); the estimate's split is kept")
     if kept is None:  # what the failed pass held is free once its exception is gone
-        _release(args.device)
+        free_device_memory(args.device)
     # every process reaches this, so that each plans with the largest measure (inf: one could not measure)
-    per_token = _most_of_all_processes(math.inf if kept is None else kept / tokens, args.device, processes)
+    per_token = across_processes(math.inf if kept is None else kept / tokens, args.device, processes, "MAX")
     if per_token == math.inf:
         execution.probe = {"measured": False, "why": failed or "another process could not measure"}
         return False
@@ -186,25 +184,3 @@ def _choose_again(execution: Execution, args: Any, recipe: Any, model: Any) -> b
 
 def _out_of_memory(exc: Exception) -> bool:
     return "out of memory" in str(exc).lower() or "OutOfMemory" in type(exc).__name__
-
-
-def _most_of_all_processes(value: float, device: Any, processes: int) -> float:
-    """Every process must choose the same split: each plans with the largest measure."""
-    import torch
-
-    if processes <= 1 or not torch.distributed.is_initialized():
-        return value
-    shared = torch.tensor([value], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(shared, op=torch.distributed.ReduceOp.MAX)
-    return float(shared.item())
-
-
-def _release(device: Any) -> None:
-    import gc
-
-    import torch
-
-    gc.collect()
-    module = getattr(torch, device.type, None)
-    if module is not None and hasattr(module, "empty_cache"):
-        module.empty_cache()

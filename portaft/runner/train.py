@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from portaft.compat import numpy_in_checkpoints
-from portaft.errors import UserError
+from portaft.errors import UserError, first_line
 
 from . import watch
-from .execution import smaller
+from .execution import free_device_memory, smaller
 from .notes import Notes
 
 
@@ -99,18 +99,10 @@ def _out_of_memory(exc: Exception, trainer: Any, plan: Any, world: Any) -> UserE
 
 
 def _release(model: Any, device: Any) -> None:
-    """The failed attempt's gradients and the run's device's cached blocks given back before the
-    next one (torch.cuda, torch.npu...: the module named by the device's type, as execution.py reads it)."""
-    import gc
-
-    import torch
-
+    """The failed attempt's gradients and the run's device's cached blocks given back before the next one."""
     model.zero_grad(set_to_none=True)
-    gc.collect()
-    module = getattr(torch, device.type, None)
-    if module is not None and hasattr(module, "empty_cache"):
-        module.empty_cache()
+    free_device_memory(device)
 
 
 def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return first_line(exc) or type(exc).__name__

@@ -22,6 +22,7 @@ from typing import Any
 
 from portaft.compat import checkpointing
 from portaft.engines import deepspeed, fsdp
+from portaft.errors import first_line
 
 NAME = "compiled_layers"
 STAGE = "model"
@@ -105,7 +106,7 @@ def compile_layers(model: Any, backend: Any = "inductor") -> str:
             except torch._dynamo.exc.TorchDynamoException as exc:
                 for layer, its_forward in eager_forwards:  # the layers share one graph: none would compile
                     layer.forward = its_forward
-                reason = (str(exc).strip().splitlines() or [""])[0]
+                reason = first_line(exc, None)
                 print(f"portaft: warning: torch.compile of the decoder layers failed, they run uncompiled "
                       f"(the same loss, without the speed-up): {type(exc).__name__}: {reason}",
                       file=sys.stderr, flush=True)
