@@ -123,34 +123,24 @@ class _OutOfMemory(torch.nn.Module):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
 
 
-def test_out_of_memory_in_the_probe_keeps_the_estimates_split(monkeypatch):
+class _Broken(_OutOfMemory):
+    def forward(self, **batch):
+        raise RuntimeError("an attention kernel this device lacks\nand a second line")
+
+
+@pytest.mark.parametrize("model, why", [
+    (_OutOfMemory, "out of memory at 32 tokens without checkpointing"),
+    (_Broken, "it failed (RuntimeError: an attention kernel this device lacks); the estimate's split is kept"),
+])
+def test_a_probe_that_fails_keeps_the_estimates_split_and_says_why(monkeypatch, model, why):
     monkeypatch.setattr(probe, "why_not", lambda *args: None)
     memory = MemoryModel(SEVEN_B, fixed=0, longest=4, fused_loss=True, fused_layers=True, fsdp_own=None,
                          budget=62 * GIB)
     plan = Execution("auto", 8, 2, False, dict(WRITTEN), "estimate", memory=memory)
     args = types.SimpleNamespace(device=torch.device("cpu"), bf16=False, fp16=False)
     rows = [{"input_ids": [1, 2, 3, 4], "attention_mask": [1] * 4, "labels": [1, 2, 3, 4]}] * 16
-    model = _OutOfMemory()
+    model = model()
     assert not probe.probe_and_replan(plan, model, lambda rows: {"input_ids": torch.ones(len(rows), 4)}, rows,
                                       [4] * 16, args, _recipe(), 1, SavedTensorsMeter(model))
-    assert plan.probe == {"measured": False, "why": "out of memory at 32 tokens without checkpointing"}
+    assert plan.probe == {"measured": False, "why": why}
     assert (plan.micro_batch, plan.accumulation, memory.scale) == (8, 2, 1.0)
-
-
-class _Broken(_OutOfMemory):
-    def forward(self, **batch):
-        raise RuntimeError("an attention kernel this device lacks\nand a second line")
-
-
-def test_a_probe_that_fails_otherwise_keeps_the_estimates_split_and_says_why(monkeypatch):
-    monkeypatch.setattr(probe, "why_not", lambda *args: None)
-    memory = MemoryModel(SEVEN_B, fixed=0, longest=4, fused_loss=True, fused_layers=True, fsdp_own=None,
-                         budget=62 * GIB)
-    plan = Execution("auto", 8, 2, False, dict(WRITTEN), "estimate", memory=memory)
-    args = types.SimpleNamespace(device=torch.device("cpu"), bf16=False, fp16=False)
-    model = _Broken()
-    assert not probe.probe_and_replan(plan, model, lambda rows: {"input_ids": torch.ones(len(rows), 4)}, [{}] * 16,
-                                      [4] * 16, args, _recipe(), 1, SavedTensorsMeter(model))
-    assert plan.probe == {"measured": False, "why": "it failed (RuntimeError: an attention kernel this device lacks); "
-                                                    "the estimate's split is kept"}
-    assert (plan.micro_batch, plan.accumulation) == (8, 2)
